@@ -1,0 +1,3 @@
+"""diffgen: train, sample and upscale images with diffusion models."""
+
+__version__ = "0.1.0"
