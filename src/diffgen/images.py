@@ -1,0 +1,156 @@
+"""Reading and writing image files, and converting them to and from model tensors.
+
+Model tensors are float (C, H, W) in [-1, 1]. Reading refuses decompression bombs above a pixel
+limit (env `DIFFGEN_MAX_PIXELS`), applies EXIF orientation and takes the first frame of animations.
+Writing is atomic and never replaces an existing file unless asked to.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, PngImagePlugin
+from torch import Tensor
+
+from diffgen.errors import ImageError
+
+DEFAULT_MAX_PIXELS = 256_000_000
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+def max_pixels() -> int:
+    return int(os.environ.get("DIFFGEN_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open and fully decode an image, or raise ImageError saying why it cannot be used."""
+    path = Path(path)
+    limit = max_pixels()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = None  # our own limit below replaces Pillow's
+            with Image.open(path) as img:
+                if img.width * img.height > limit:
+                    raise ImageError(
+                        f"{path}: {img.width}x{img.height} pixels is over the limit of {limit:,}; "
+                        "raise DIFFGEN_MAX_PIXELS if the file is trusted"
+                    )
+                img.seek(0)
+                img.load()
+                return ImageOps.exif_transpose(img)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a folder, not an image") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied; check the file's permissions") from None
+    except Exception as e:  # Pillow raises many types for bad data
+        reason = "not an image" if isinstance(e, Image.UnidentifiedImageError) else "truncated or corrupt image"
+        raise ImageError(f"{path}: {reason}; replace or remove the file") from None
+
+
+def to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Convert any Pillow mode to L (1 channel), RGB (3) or RGBA (4)."""
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit and float images: scale to 8 bits before Pillow's convert clips them.
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray(np.round(arr / peak * 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert(mode)
+
+
+def channels_of(img: Image.Image) -> int:
+    """The channel count that keeps what an image has: grey, colour, transparency."""
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+    grey = img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+    return 4 if has_alpha else (1 if grey else 3)
+
+
+def pil_to_tensor(img: Image.Image) -> Tensor:
+    """A uint8 (C, H, W) tensor of an L, RGB or RGBA image."""
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def to_model_range(x: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return x.float() / 127.5 - 1
+
+
+def tensor_to_pil(x: Tensor) -> Image.Image:
+    """A float (C, H, W) tensor in [-1, 1] to an 8-bit L, RGB or RGBA image."""
+    arr = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    arr = arr.permute(1, 2, 0).numpy()
+    return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, {1: "L", 3: "RGB", 4: "RGBA"}[arr.shape[2]])
+
+
+def make_grid(images: list[Image.Image], ncols: int, pad: int = 2) -> Image.Image:
+    """Tile equally sized images row by row on a white background."""
+    w, h = images[0].size
+    nrows = -(-len(images) // ncols)
+    grid = Image.new(images[0].mode, (ncols * (w + pad) + pad, nrows * (h + pad) + pad), "white")
+    for i, img in enumerate(images):
+        grid.paste(img, (pad + (i % ncols) * (w + pad), pad + (i // ncols) * (h + pad)))
+    return grid
+
+
+FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def save_image(
+    img: Image.Image,
+    path: Path,
+    *,
+    text: dict[str, str] | None = None,
+    overwrite: bool = False,
+    quality: int = 95,
+    **save_args,
+) -> None:
+    """Write an image atomically; the format follows the suffix. Refuses to replace a file unless `overwrite`."""
+    path = Path(path)
+    fmt = FORMATS.get(path.suffix.lower().lstrip("."))
+    if fmt is None:
+        raise ImageError(f"{path}: unknown image format; use .png, .jpg or .webp")
+    if not overwrite and path.exists():
+        raise ImageError(f"{path}: already exists; pass --overwrite to replace it or choose another --out")
+    if fmt == "PNG" and text:
+        info = PngImagePlugin.PngInfo()
+        for k, v in text.items():
+            info.add_text(k, v)
+        save_args["pnginfo"] = info
+    if fmt != "PNG":
+        save_args["quality"] = quality
+        if fmt == "JPEG" and img.mode not in ("L", "RGB"):
+            img = img.convert("RGB")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise ImageError(f"{path.parent}: cannot write here ({e.strerror}); choose another --out") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format=fmt, **save_args)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if the file appeared meanwhile: nothing is replaced
+    except FileExistsError:
+        raise ImageError(f"{path}: already exists; pass --overwrite to replace it or choose another --out") from None
+    except OSError as e:
+        raise ImageError(f"{path}: cannot write ({e.strerror}); free some space or choose another --out") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,46 @@
+"""Finding a model: a bundled name, a `.safetensors` file or a training run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffgen.checkpoint import LoadedModel, Task, load_model
+from diffgen.errors import CheckpointError
+
+# Bundled models: name -> file in weights/. The first of each task is that task's default.
+BUNDLED = {
+    "digits": ("digits.safetensors", Task.GENERATE),
+    "emoji": ("emoji.safetensors", Task.GENERATE),
+    "upscale-x4": ("upscale-x4.safetensors", Task.UPSCALE),
+}
+
+
+def weights_dir() -> Path:
+    """Where bundled weights live: inside the installed package, or at the top of a source checkout."""
+    installed = Path(__file__).parent / "weights"
+    return installed if installed.is_dir() else Path(__file__).resolve().parents[2] / "weights"
+
+
+def default_model(task: Task) -> str:
+    return next(name for name, (_, t) in BUNDLED.items() if t is task)
+
+
+def resolve(model: str | None, task: Task) -> Path:
+    """The file a `--model` value names."""
+    model = model or default_model(task)
+    if model in BUNDLED:
+        path = weights_dir() / BUNDLED[model][0]
+        if not path.is_file():
+            raise CheckpointError(f"{path}: the bundled model '{model}' is missing; reinstall diffgen or pass --model PATH")
+        return path
+    path = Path(model)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.exists():
+        names = ", ".join(BUNDLED)
+        raise CheckpointError(f"{model}: no such model file or run folder; pass a .safetensors file, a run folder or one of: {names}")
+    return path
+
+
+def open_model(model: str | None, task: Task, device: str = "cpu") -> LoadedModel:
+    return load_model(resolve(model, task), task=task, device=device)
