@@ -1,0 +1,306 @@
+"""The `diffgen` command line: thin Typer commands over the core.
+
+Each command declares its options, checks them, calls one core function and prints the result. The
+core raises `DiffgenError` for anything a user can fix; `run_command` turns it into one red line and
+an exit code. torch is imported only inside commands, so `diffgen --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Train diffusion models on folders of images, generate new images, and upscale photos.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err = Console(stderr=True)
+out = Console()
+DEBUG = {"on": False}
+
+
+class TaskOpt(str, Enum):
+    generate = "generate"
+    upscale = "upscale"
+
+
+class SamplerOpt(str, Enum):
+    ddpm = "ddpm"
+    ddim = "ddim"
+
+
+class PredictionOpt(str, Enum):
+    eps = "eps"
+    v = "v"
+    x0 = "x0"
+
+
+class ScheduleOpt(str, Enum):
+    linear = "linear"
+    cosine = "cosine"
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def run_command(fn):
+    """Run a command body, turning diffgen's errors into one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from diffgen.errors import DiffgenError  # noqa: PLC0415
+
+        try:
+            return fn(*args, **kwargs)
+        except DiffgenError as e:
+            raise fail(str(e), e.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as e:
+            if DEBUG["on"]:
+                raise
+            raise fail(f"internal error: {type(e).__name__}: {e}. Rerun with --debug for the traceback") from None
+
+    return wrapper
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    DEBUG["on"] = debug
+
+
+def check_positive(name: str, value: int | None) -> None:
+    from diffgen.errors import OptionError  # noqa: PLC0415
+
+    if value is not None and value < 1:
+        raise OptionError(f"{name} {value}: must be at least 1")
+
+
+@app.command()
+@run_command
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="Folder of images; sub-folders are classes.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder for the model, state, log and samples.")] = Path("runs/latest"),
+    task: Annotated[TaskOpt, typer.Option(help="generate: new images; upscale: super-resolution.")] = TaskOpt.generate,
+    scale: Annotated[int, typer.Option(help="Upscaling factor (upscale task).")] = 4,
+    image_size: Annotated[int, typer.Option(help="Training resolution (HR crop size when upscaling).")] = 32,
+    channels: Annotated[Optional[int], typer.Option(help="1, 3 or 4; default: as the images.")] = None,
+    preset: Annotated[str, typer.Option(help="U-Net size: tiny, small or base.")] = "tiny",
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimisation steps [default: 2000, or the resumed run's].")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per step.")] = 1,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-4,
+    prediction: Annotated[PredictionOpt, typer.Option(help="Network target.")] = PredictionOpt.eps,
+    schedule: Annotated[ScheduleOpt, typer.Option(help="Noise schedule.")] = ScheduleOpt.cosine,
+    min_snr_gamma: Annotated[float, typer.Option(help="Min-SNR-γ loss weighting; 0 turns it off.")] = 5.0,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of weights, data order and noise.")] = 0,
+    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
+    sample_every: Annotated[int, typer.Option(help="Sample grid every N steps.")] = 1000,
+    log_every: Annotated[int, typer.Option(help="Log line every N steps.")] = 50,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out where it stopped.")] = False,
+) -> None:
+    """Train a diffusion model on a folder of images.
+
+    Examples:
+      diffgen train data/digits --out runs/digits --image-size 28 --max-steps 20000
+      diffgen train data/photos --out runs/sr --task upscale --scale 4 --image-size 128
+      diffgen train data/digits --out runs/digits --resume
+    """
+    from dataclasses import replace  # noqa: PLC0415
+
+    from diffgen.checkpoint import Task  # noqa: PLC0415
+    from diffgen.schedule import Prediction, ScheduleKind  # noqa: PLC0415
+    from diffgen.state import load_config  # noqa: PLC0415
+    from diffgen.train import TrainConfig  # noqa: PLC0415
+    from diffgen.train import train as run_training  # noqa: PLC0415
+
+    if resume and (out / "state.safetensors").exists():
+        # A resumed run keeps its own settings; only --max-steps may extend it.
+        cfg = load_config(out / "state.safetensors")
+        cfg = replace(cfg, max_steps=max_steps or cfg.max_steps)
+    else:
+        cfg = TrainConfig(
+            data_dir=data_dir, out_dir=out, task=Task(task.value), scale=scale, image_size=image_size,
+            channels=channels, preset=preset, max_steps=max_steps or 2000, batch_size=batch_size, grad_accum=grad_accum,
+            lr=lr, prediction=Prediction(prediction.value), schedule=ScheduleKind(schedule.value),
+            min_snr_gamma=min_snr_gamma, flip=flip, seed=seed, save_every=save_every,
+            sample_every=sample_every, log_every=log_every, device=device,
+        )
+    with TrainProgress(cfg.max_steps) as progress:
+        model_path = run_training(cfg, callback=progress.update, resume=resume)
+    out_console_done(f"model written to {model_path}")
+
+
+class TrainProgress:
+    """A rich progress bar on a terminal; plain log lines every so often elsewhere (CI, nohup)."""
+
+    def __init__(self, total: int, every: int = 50):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
+
+        self.total, self.every = total, every
+        self.interactive = out.is_terminal
+        self.bar = Progress(
+            TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.1f} img/s"), TimeRemainingColumn(),
+            console=out, disable=not self.interactive,
+        )
+        self.task = self.bar.add_task("train", total=total, loss=float("nan"), ips=0.0)
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.__exit__(*exc)
+
+    def update(self, event) -> None:
+        from diffgen.train import Note  # noqa: PLC0415
+
+        if isinstance(event, Note):
+            err.print(f"[yellow]note:[/yellow] {event.text}", highlight=False, soft_wrap=True)
+            return
+        self.bar.update(self.task, completed=event.step, total=event.total, loss=event.loss, ips=event.images_per_s)
+        if not self.interactive and (event.step % self.every == 0 or event.step == event.total):
+            out.print(f"step {event.step}/{event.total}  loss {event.loss:.4f}  {event.images_per_s:.1f} img/s", highlight=False)
+            out.file.flush()
+
+
+def out_console_done(message: str) -> None:
+    out.print(f"[green]done:[/green] {message}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@run_command
+def generate(
+    model: Annotated[Optional[str], typer.Option(help="Bundled name, .safetensors file or run folder; default: digits.")] = None,
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 16,
+    out: Annotated[Path, typer.Option(help="Folder for the numbered images.")] = Path("generated"),
+    seed: Annotated[int, typer.Option(help="Run seed; image i gets its own seed from it.")] = 0,
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 50,
+    sampler: Annotated[SamplerOpt, typer.Option(help="Sampler.")] = SamplerOpt.ddim,
+    class_: Annotated[Optional[list[str]], typer.Option("--class", help="Class name or index; repeat for several; default: all in turn.")] = None,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance weight w; 0 is none.")] = 0.0,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
+    grid: Annotated[Optional[Path], typer.Option(help="Also write all images as one grid to this file.")] = None,
+    format: Annotated[str, typer.Option("--format", help="png, jpg or webp.")] = "png",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
+) -> None:
+    """Generate images with a trained model.
+
+    Examples:
+      diffgen generate --n 16 --out imgs/
+      diffgen generate --model runs/digits --class 7 --n 8 --out sevens/ --grid sevens.png
+    """
+    from diffgen.checkpoint import Task  # noqa: PLC0415
+    from diffgen.errors import OptionError  # noqa: PLC0415
+    from diffgen.generate import check_outputs_free, class_index, generate_images, write_images  # noqa: PLC0415
+    from diffgen.models import open_model  # noqa: PLC0415
+    from diffgen.samplers import Sampler  # noqa: PLC0415
+    from diffgen.train import pick_device  # noqa: PLC0415
+
+    check_positive("--n", n)
+    check_positive("--steps", steps)
+    check_positive("--batch-size", batch_size)
+    if guidance < 0:
+        raise OptionError(f"--guidance {guidance}: must be 0 or more")
+    if format not in ("png", "jpg", "webp"):
+        raise OptionError(f"--format {format}: choose png, jpg or webp")
+    loaded = open_model(model, Task.GENERATE, pick_device(device))
+    if steps > loaded.spec.num_timesteps:
+        raise OptionError(f"--steps {steps}: this model has {loaded.spec.num_timesteps} timesteps; use at most that")
+    classes = [class_index(loaded.spec.class_names, c) for c in class_] if class_ else None
+    check_outputs_free(out, n, format, grid)
+    out.mkdir(parents=True, exist_ok=True)
+    with item_progress("generating", n) as advance:
+        images = generate_images(
+            loaded, n, classes=classes, seed=seed, steps=steps, sampler=Sampler(sampler.value),
+            guidance=guidance, batch_size=batch_size, callback=advance,
+        )
+    info = {"model": loaded.path.name, "sampler": sampler.value, "steps": str(steps), "guidance": str(guidance), "run_seed": str(seed)}
+    paths = write_images(images, out, fmt=format, info=info, grid=grid)
+    out_console_done(f"{len(paths)} images in {out}" + (f", grid {grid}" if grid else ""))
+
+
+class item_progress:
+    """A rich progress bar over items, on stderr, hidden when stderr is not a terminal."""
+
+    def __init__(self, label: str, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
+
+        self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, disable=not err.is_terminal)
+        self.task = self.bar.add_task(label, total=total)
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return lambda done, total: self.bar.update(self.task, completed=done, total=total)
+
+    def __exit__(self, *exc):
+        self.bar.__exit__(*exc)
+
+
+@app.command()
+@run_command
+def upscale(
+    inputs: Annotated[list[Path], typer.Argument(help="Images to upscale.")],
+    model: Annotated[Optional[str], typer.Option(help="Bundled name, .safetensors file or run folder; default: upscale-x4.")] = None,
+    scale: Annotated[Optional[int], typer.Option(help="Upscaling factor; must match the model (default: the model's).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output file, or folder; default: NAME_x4.png beside each input.")] = None,
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 4,
+    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
+) -> None:
+    """Upscale images with a diffusion super-resolution model.
+
+    Examples:
+      diffgen upscale low.png
+      diffgen upscale a.png b.jpg --out big/ --steps 10
+    """
+    from diffgen.checkpoint import Task  # noqa: PLC0415
+    from diffgen.errors import DiffgenError, OptionError  # noqa: PLC0415
+    from diffgen.models import open_model  # noqa: PLC0415
+    from diffgen.train import pick_device  # noqa: PLC0415
+    from diffgen.upscale import output_path, upscale_file  # noqa: PLC0415
+
+    check_positive("--steps", steps)
+    loaded = open_model(model, Task.UPSCALE, pick_device(device))
+    if scale is not None and scale != loaded.spec.scale:
+        raise OptionError(f"--scale {scale}: this model upscales x{loaded.spec.scale}; pass --scale {loaded.spec.scale} or another --model")
+    if steps > loaded.spec.num_timesteps:
+        raise OptionError(f"--steps {steps}: this model has {loaded.spec.num_timesteps} timesteps; use at most that")
+    failed = 0
+    for src in inputs:
+        dst = output_path(src, out, loaded.spec.scale, many=len(inputs) > 1)
+        try:
+            with item_progress(f"{src.name}", steps) as advance:
+                upscale_file(loaded, src, dst, overwrite=overwrite, steps=steps, seed=seed, callback=advance)
+            out_console_done(f"{src} -> {dst}")
+        except DiffgenError as e:
+            failed += 1
+            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+    if failed:
+        raise fail(f"{failed} of {len(inputs)} image(s) failed")
+
+
+def main() -> None:
+    app(prog_name="diffgen")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The resumable training state: one safetensors file, written atomically.
+
+Tensors: model and EMA weights, AdamW moments, the data-order permutation and RNG states.
+Metadata (JSON): step, position in the epoch, optimizer hyper-parameters, model spec, train config.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import save as st_save
+
+from diffgen.checkpoint import ModelSpec, Task, atomic_write, read_safetensors
+from diffgen.errors import CheckpointError
+from diffgen.schedule import Prediction, ScheduleKind
+
+if TYPE_CHECKING:
+    from diffgen.train import Batches, TrainConfig
+
+FORMAT = "diffgen-state"
+FORMAT_VERSION = 1
+
+
+def save_state(path: Path, model, ema, opt, g: torch.Generator, batches: "Batches", spec: ModelSpec, cfg: "TrainConfig", step: int) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors |= {f"ema.{k}": v for k, v in ema.state_dict().items()}
+    opt_state = opt.state_dict()
+    for i, s in opt_state["state"].items():
+        tensors |= {f"opt.{i}.{k}": torch.as_tensor(v) for k, v in s.items()}
+    tensors |= {"rng.data": g.get_state(), "rng.torch": torch.get_rng_state(), "data.perm": batches.perm}
+    groups = [{k: v for k, v in grp.items()} for grp in opt_state["param_groups"]]
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "step": str(step),
+        "pos": str(batches.pos),
+        "opt_groups": json.dumps(groups),
+        "spec": spec.to_json(),
+        "config": config_to_json(cfg),
+    }
+    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(Path(path), st_save(cpu, metadata=metadata))
+
+
+def read_state(path: Path) -> tuple[dict, dict]:
+    tensors, meta = read_safetensors(path)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a diffgen training state; start a new run without --resume")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer diffgen; upgrade diffgen to resume it")
+    return tensors, meta
+
+
+def load_state(path: Path, model, ema, opt, g: torch.Generator, batches: "Batches") -> tuple[int, ModelSpec]:
+    """Restore everything `save_state` wrote; returns the step and the run's model spec."""
+    tensors, meta = read_state(path)
+    take = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    device = next(model.parameters()).device
+    model.load_state_dict(take("model."))
+    ema.load_state_dict(take("ema."))
+    opt_state: dict[int, dict] = {}
+    for k, v in take("opt.").items():
+        i, name = k.split(".", 1)
+        opt_state.setdefault(int(i), {})[name] = v if name == "step" else v.to(device)
+    opt.load_state_dict({"state": opt_state, "param_groups": json.loads(meta["opt_groups"])})
+    g.set_state(tensors["rng.data"])
+    torch.set_rng_state(tensors["rng.torch"])
+    batches.perm, batches.pos = tensors["data.perm"], int(meta["pos"])
+    return int(meta["step"]), ModelSpec.from_json(meta["spec"])
+
+
+def config_to_json(cfg: "TrainConfig") -> str:
+    return json.dumps({f.name: getattr(cfg, f.name) for f in fields(cfg)}, default=str)
+
+
+def load_config(path: Path) -> "TrainConfig":
+    """The train config a run was started with, from its state file."""
+    from diffgen.train import TrainConfig  # noqa: PLC0415 - train imports this module
+
+    _, meta = read_state(path)
+    d = json.loads(meta["config"])
+    d["data_dir"], d["out_dir"] = Path(d["data_dir"]), Path(d["out_dir"])
+    d["task"], d["prediction"], d["schedule"] = Task(d["task"]), Prediction(d["prediction"]), ScheduleKind(d["schedule"])
+    return TrainConfig(**d)
