@@ -1,0 +1,84 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from diffgen.checkpoint import ModelSpec, Task, load_model, model_metadata, save_model
+from diffgen.errors import CheckpointError
+from diffgen.unet import UNet, preset
+
+
+def make_model(task=Task.GENERATE):
+    torch.manual_seed(0)
+    unet = preset("tiny", num_classes=2) if task is Task.GENERATE else preset("tiny", cond_channels=3, pixel_shuffle=4)
+    model = UNet(unet)
+    for p in model.parameters():  # non-zero everywhere, so the round trip is a real test
+        p.data.normal_(0, 0.02)
+    scale = 1 if task is Task.GENERATE else 4
+    spec = ModelSpec(unet=unet, task=task, scale=scale, image_size=16, channels=3, class_names=("a", "b"))
+    return model.eval(), spec
+
+
+def test_round_trip_gives_identical_outputs(tmp_path):
+    model, spec = make_model()
+    path = tmp_path / "m.safetensors"
+    save_model(path, model, spec)
+    loaded = load_model(path, task=Task.GENERATE)
+    assert loaded.spec == spec
+    x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([3, 900]), torch.tensor([0, 1])
+    with torch.no_grad():
+        assert torch.equal(model(x, t, y), loaded.model(x, t, y))
+
+
+def test_half_precision_file_is_smaller_and_close(tmp_path):
+    model, spec = make_model()
+    save_model(tmp_path / "f32.safetensors", model, spec)
+    save_model(tmp_path / "f16.safetensors", model, spec, half=True)
+    assert (tmp_path / "f16.safetensors").stat().st_size < 0.6 * (tmp_path / "f32.safetensors").stat().st_size
+    loaded = load_model(tmp_path / "f16.safetensors")
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([10])
+    with torch.no_grad():
+        assert torch.allclose(model(x, t), loaded.model(x, t), atol=1e-2)
+
+
+def test_wrong_task_is_refused(tmp_path):
+    model, spec = make_model(Task.UPSCALE)
+    save_model(tmp_path / "sr.safetensors", model, spec)
+    with pytest.raises(CheckpointError, match="upscale model.*generate"):
+        load_model(tmp_path / "sr.safetensors", task=Task.GENERATE)
+
+
+def test_truncated_and_corrupt_files_are_refused(tmp_path):
+    model, spec = make_model()
+    path = tmp_path / "m.safetensors"
+    save_model(path, model, spec)
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00garbage" * 100)
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    for name in ("cut", "junk", "empty"):
+        with pytest.raises(CheckpointError, match="not a valid safetensors"):
+            load_model(tmp_path / f"{name}.safetensors")
+
+
+def test_other_tools_files_and_newer_formats_are_refused(tmp_path):
+    save_file({"w": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match="not a diffgen model"):
+        load_model(tmp_path / "other.safetensors")
+    model, spec = make_model()
+    meta = model_metadata(spec) | {"format_version": "99"}
+    save_file(model.state_dict(), tmp_path / "future.safetensors", metadata=meta)
+    with pytest.raises(CheckpointError, match="newer diffgen"):
+        load_model(tmp_path / "future.safetensors")
+
+
+def test_missing_file_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="no such model file"):
+        load_model(tmp_path / "nope.safetensors")
+
+
+def test_spec_json_round_trip():
+    _, spec = make_model()
+    assert ModelSpec.from_json(spec.to_json()) == spec
+    assert json.loads(spec.to_json())["task"] == "generate"

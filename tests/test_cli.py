@@ -1,0 +1,122 @@
+"""The command line, end to end: train, generate, train an upscaler, upscale."""
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from diffgen.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def generator_run(class_folder, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run") / "gen"
+    r = invoke("train", class_folder, "--out", run, "--image-size", 16, "--max-steps", 3, "--batch-size", 4,
+               "--sample-every", 3, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    return run
+
+
+@pytest.fixture(scope="module")
+def upscaler_run(photo_folder, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run") / "sr"
+    r = invoke("train", photo_folder, "--out", run, "--task", "upscale", "--scale", 4, "--image-size", 32,
+               "--max-steps", 2, "--batch-size", 2, "--sample-every", 2, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    return run
+
+
+def test_train_writes_model_state_log_and_samples(generator_run):
+    assert (generator_run / "model.safetensors").is_file()
+    assert (generator_run / "state.safetensors").is_file()
+    assert (generator_run / "samples" / "step_000003.png").is_file()
+
+
+def test_generate_writes_numbered_pngs_and_a_grid(generator_run, tmp_path):
+    out = tmp_path / "imgs"
+    r = invoke("generate", "--model", generator_run, "--n", 5, "--out", out, "--steps", 3, "--batch-size", 2,
+               "--class", "red", "--grid", tmp_path / "grid.png")
+    assert r.exit_code == 0, r.output
+    files = sorted(out.iterdir())
+    assert [f.name for f in files] == [f"{i:05d}.png" for i in range(5)]
+    for f in files:
+        with Image.open(f) as img:
+            assert (img.mode, img.size) == ("RGB", (16, 16))
+            assert img.text["class"] == "1"  # "red" sorts after "blue"
+    assert (tmp_path / "grid.png").is_file()
+
+
+def test_generate_refuses_to_overwrite(generator_run, tmp_path):
+    args = ("generate", "--model", generator_run, "--n", 1, "--out", tmp_path, "--steps", 1)
+    assert invoke(*args).exit_code == 0
+    before = (tmp_path / "00000.png").read_bytes()
+    r = invoke(*args)
+    assert r.exit_code == 1 and "already exists" in r.output
+    assert (tmp_path / "00000.png").read_bytes() == before
+
+
+def test_upscale_writes_beside_the_input(upscaler_run, tmp_path):
+    src = tmp_path / "low.png"
+    Image.new("RGB", (12, 10), (120, 40, 200)).save(src)
+    r = invoke("upscale", src, "--model", upscaler_run, "--steps", 2)
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "low_x4.png") as img:
+        assert (img.mode, img.size) == ("RGB", (48, 40))
+
+
+def test_upscale_keeps_grey_and_alpha(upscaler_run, tmp_path):
+    Image.new("L", (8, 8), 100).save(tmp_path / "grey.png")
+    Image.new("RGBA", (8, 8), (10, 20, 30, 128)).save(tmp_path / "alpha.png")
+    r = invoke("upscale", tmp_path / "grey.png", tmp_path / "alpha.png", "--model", upscaler_run, "--steps", 1,
+               "--out", tmp_path / "big")
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "big" / "grey_x4.png") as img:
+        assert (img.mode, img.size) == ("L", (32, 32))
+    with Image.open(tmp_path / "big" / "alpha_x4.png") as img:
+        assert (img.mode, img.size) == ("RGBA", (32, 32))
+        assert img.getchannel("A").getextrema() == (128, 128)
+
+
+def test_models_of_the_wrong_task_are_refused(generator_run, upscaler_run, tmp_path):
+    r = invoke("generate", "--model", upscaler_run, "--out", tmp_path)
+    assert r.exit_code == 1 and "upscale model" in r.output and "Traceback" not in r.output
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    r = invoke("upscale", tmp_path / "x.png", "--model", generator_run)
+    assert r.exit_code == 1 and "generate model" in r.output
+
+
+def test_bad_options_exit_2_with_one_line(generator_run, tmp_path):
+    for args, needle in [
+        (("--n", 0), "--n 0"),
+        (("--steps", 0), "--steps 0"),
+        (("--steps", 5000), "--steps 5000"),
+        (("--guidance", -1), "--guidance"),
+        (("--class", "green"), "--class green"),
+    ]:
+        r = invoke("generate", "--model", generator_run, "--out", tmp_path / "o", *args)
+        assert r.exit_code == 2, (args, r.output)
+        assert needle in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_train_refuses_an_existing_run_without_resume(generator_run, class_folder):
+    r = invoke("train", class_folder, "--out", generator_run, "--image-size", 16)
+    assert r.exit_code == 2 and "--resume" in r.output
+
+
+def test_train_reports_bad_data(tmp_path):
+    (tmp_path / "data").mkdir()
+    r = invoke("train", tmp_path / "data", "--out", tmp_path / "run")
+    assert r.exit_code == 1 and "no images found" in r.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_is_quick_and_lists_commands():
+    r = invoke("--help")
+    assert r.exit_code == 0
+    for cmd in ("train", "generate", "upscale"):
+        assert cmd in r.output

@@ -1,0 +1,100 @@
+"""Samplers against closed-form facts: exact inversion and a Gaussian data distribution."""
+
+import pytest
+import torch
+
+from diffgen.samplers import ddim_step, sample_ddim, sample_ddpm, timesteps
+from diffgen.schedule import make_schedule
+
+MU, STD = 0.5, 0.3  # the data distribution N(MU, STD²) per pixel
+
+
+def gaussian_denoiser(schedule):
+    """E[x0 | x_t] for Gaussian data: the exact denoiser."""
+
+    def denoise(x, t):
+        ab = schedule.alpha_bar(t)
+        a = ab.sqrt()
+        return MU + a * STD**2 / (ab * STD**2 + 1 - ab) * (x - a * MU)
+
+    return denoise
+
+
+def test_timesteps_descend_and_end_on_clean_data():
+    ts = timesteps(1000, 10)
+    assert ts[0] == 999 and ts[-2] == 0 and ts[-1] == -1
+    assert all(a > b for a, b in zip(ts, ts[1:]))
+    assert len(timesteps(1000, 1000)) == 1001
+    with pytest.raises(ValueError):
+        timesteps(1000, 1001)
+
+
+def test_ddim_step_inverts_exactly():
+    s = make_schedule("cosine", 1000)
+    g = torch.Generator().manual_seed(0)
+    x_t, x0 = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
+    ab_t, ab_s = s.alpha_bar(700), s.alpha_bar(300)
+    x_s = ddim_step(x_t, x0, ab_t, ab_s, 0.0, None)
+    back = ddim_step(x_s, x0, ab_s, ab_t, 0.0, None)
+    assert torch.allclose(back, x_t, atol=1e-5)
+
+
+def test_ddim_eta_zero_is_deterministic():
+    s = make_schedule("linear", 1000)
+    x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    a = sample_ddim(gaussian_denoiser(s), x, s, 20, generator=torch.Generator().manual_seed(1))
+    b = sample_ddim(gaussian_denoiser(s), x, s, 20, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("sampler", [sample_ddpm, lambda *a, **k: sample_ddim(*a, eta=0.5, **k)])
+def test_stochastic_samplers_reproduce_bit_for_bit_with_a_seed(sampler):
+    s = make_schedule("linear", 100)
+    x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    runs = [sampler(gaussian_denoiser(s), x, s, 10, generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    other = sampler(gaussian_denoiser(s), x, s, 10, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], other)
+
+
+def test_per_sample_generators_make_samples_independent_of_the_batch():
+    s = make_schedule("linear", 100)
+    gens = lambda seeds: [torch.Generator().manual_seed(k) for k in seeds]
+    x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    full = sample_ddpm(gaussian_denoiser(s), x, s, 10, generator=gens([1, 2, 3]))
+    prefix = sample_ddpm(gaussian_denoiser(s), x[:2], s, 10, generator=gens([1, 2]))
+    assert torch.allclose(full[:2], prefix)
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        lambda d, x, s, g: sample_ddpm(d, x, s, generator=g),  # all 1000 steps
+        lambda d, x, s, g: sample_ddim(d, x, s, 1000, generator=g),
+        lambda d, x, s, g: sample_ddim(d, x, s, 1000, eta=0.5, generator=g),
+    ],
+    ids=["ddpm-1000", "ddim-1000", "ddim-1000-eta0.5"],
+)
+def test_samplers_recover_a_gaussian(run):
+    s = make_schedule("cosine", 1000)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20_000, 1, 1, 1, generator=g)
+    out = run(gaussian_denoiser(s), x, s, g)
+    assert out.mean().item() == pytest.approx(MU, abs=0.01)
+    assert out.std().item() == pytest.approx(STD, rel=0.03)
+
+
+def test_ddim_with_few_steps_is_the_exact_linear_map_for_gaussian_data():
+    """For Gaussian data a DDIM step (t -> s) scales deviations from the mean by
+    c = (α_s α_t STD² + σ_s σ_t) / (α_t² STD² + σ_t²); 50 steps shrink the spread by the product of c."""
+    s = make_schedule("cosine", 1000)
+    x = torch.randn(20_000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
+    out = sample_ddim(gaussian_denoiser(s), x, s, 50)
+    shrink = 1.0
+    ts = timesteps(1000, 50)
+    for t, u in zip(ts[:-1], ts[1:]):
+        ab_t, ab_u = s.alpha_bar(t).double(), s.alpha_bar(u).double()
+        a_t, a_u, sig_t, sig_u = ab_t.sqrt(), ab_u.sqrt(), (1 - ab_t).sqrt(), (1 - ab_u).sqrt()
+        shrink *= (a_u * a_t * STD**2 + sig_u * sig_t) / (ab_t * STD**2 + sig_t**2)
+    assert out.std().item() == pytest.approx(float(shrink) * x.std().item(), rel=1e-4)
+    assert out.std().item() < STD  # the discretisation error of few steps

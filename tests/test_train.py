@@ -1,0 +1,66 @@
+"""The trainer: exact resume, refusal of bad data, NaN handling, stopping on a signal."""
+
+import json
+import os
+import signal
+
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import diffgen.train
+from diffgen.checkpoint import Task
+from diffgen.errors import DataError, DiffgenError, TrainingInterrupted
+from diffgen.train import TrainConfig, train
+
+
+def config(data, out, **kw):
+    base = TrainConfig(data_dir=data, out_dir=out, image_size=16, batch_size=4, max_steps=4, warmup_steps=2,
+                       save_every=100, sample_every=100, log_every=1, device="cpu")
+    return replace(base, **kw)
+
+
+@pytest.mark.parametrize("task", [Task.GENERATE, Task.UPSCALE])
+def test_resume_gives_bitwise_the_same_weights(class_folder, photo_folder, tmp_path, task):
+    data = class_folder if task is Task.GENERATE else photo_folder
+    kw = {"task": task, "image_size": 32, "batch_size": 2} if task is Task.UPSCALE else {}
+    train(config(data, tmp_path / "straight", **kw))
+    train(config(data, tmp_path / "split", max_steps=2, **kw))
+    train(config(data, tmp_path / "split", **kw), resume=True)
+    a = load_file(tmp_path / "straight" / "state.safetensors")
+    b = load_file(tmp_path / "split" / "state.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [line for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert [json.loads(s)["step"] for s in steps] == [1, 2, 3, 4]
+
+
+def test_fewer_images_than_a_batch_is_an_error(class_folder, tmp_path):
+    with pytest.raises(DataError, match="fewer than one batch"):
+        train(config(class_folder, tmp_path / "r", batch_size=64))
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(class_folder, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    train(config(class_folder, out, max_steps=2, save_every=1))
+    before = (out / "model.safetensors").read_bytes()
+    monkeypatch.setattr(diffgen.train, "diffusion_loss", lambda *a: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(DiffgenError, match="loss became nan at step 3"):
+        train(config(class_folder, out, max_steps=4), resume=True)
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_stop_request_saves_and_names_the_resume_command(class_folder, tmp_path):
+    out = tmp_path / "r"
+
+    def interrupt_at_step_2(event):
+        if isinstance(event, diffgen.train.Progress) and event.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted, match=f"stopped by SIGINT at step 2.*--out {out} --resume"):
+        train(config(class_folder, out, max_steps=50), callback=interrupt_at_step_2)
+    assert load_file(out / "state.safetensors")["rng.data"].numel() > 0
+    assert (out / "model.safetensors").is_file()

@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from diffgen.unet import UNet, preset
+
+
+@pytest.mark.parametrize(
+    "overrides, cond_shape",
+    [
+        ({}, None),
+        ({"num_classes": 3}, None),
+        ({"cond_channels": 3}, (3, 32, 48)),
+        ({"num_classes": 3, "cond_channels": 1}, (1, 32, 48)),
+        ({"cond_channels": 3, "pixel_shuffle": 4}, (3, 8, 12)),
+    ],
+)
+def test_output_shape_matches_input_for_every_conditioning(overrides, cond_shape):
+    model = UNet(preset("tiny", **overrides)).eval()
+    x = torch.randn(2, 3, 32, 48)  # non-square on purpose
+    labels = torch.tensor([0, 3]) if overrides.get("num_classes") else None  # 3 is the "no label" index
+    cond = torch.randn(2, *cond_shape) if cond_shape else None
+    out = model(x, torch.tensor([0, 999]), labels, cond)
+    assert out.shape == x.shape
+
+
+def test_grey_and_rgba_channels():
+    for channels in (1, 4):
+        model = UNet(preset("tiny", in_channels=channels))
+        assert model(torch.randn(1, channels, 8, 8), torch.tensor([5])).shape == (1, channels, 8, 8)
+
+
+def test_class_label_changes_the_output():
+    torch.manual_seed(0)
+    model = UNet(preset("tiny", num_classes=2)).eval()
+    for p in model.parameters():  # zero-initialised output layers would hide the label
+        p.data.normal_(0, 0.05)
+    x, t = torch.randn(1, 3, 8, 8), torch.tensor([10])
+    assert not torch.allclose(model(x, t, torch.tensor([0])), model(x, t, torch.tensor([1])))
+
+
+def test_size_multiple():
+    assert preset("tiny").size_multiple == 4
+    assert preset("tiny", pixel_shuffle=4).size_multiple == 16
