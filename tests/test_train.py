@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 import diffgen.train
 from diffgen.checkpoint import Task
+from diffgen.data import Crop
 from diffgen.errors import DataError, DiffgenError, TrainingInterrupted
 from diffgen.train import TrainConfig, train
 
@@ -62,5 +63,20 @@ def test_stop_request_saves_and_names_the_resume_command(class_folder, tmp_path)
 
     with pytest.raises(TrainingInterrupted, match=f"stopped by SIGINT at step 2.*--out {out} --resume"):
         train(config(class_folder, out, max_steps=50), callback=interrupt_at_step_2)
-    assert load_file(out / "state.safetensors")["rng.data"].numel() > 0
+    assert load_file(out / "state.safetensors")["rng.torch"].numel() > 0
     assert (out / "model.safetensors").is_file()
+
+
+def test_streaming_from_disk_trains_exactly_like_memory(class_folder, tmp_path):
+    train(config(class_folder, tmp_path / "mem", crop=Crop.RANDOM))
+    train(config(class_folder, tmp_path / "disk", crop=Crop.RANDOM, memory_limit=0, workers=1))
+    a = load_file(tmp_path / "mem" / "model.safetensors")
+    b = load_file(tmp_path / "disk" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_epochs_set_the_number_of_steps(class_folder, tmp_path):
+    # 12 images, batches of 4: 3 steps an epoch.
+    train(config(class_folder, tmp_path / "r", epochs=2, max_steps=1000))
+    steps = [json.loads(s)["step"] for s in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert steps[-1] == 6

@@ -8,6 +8,7 @@ an exit code. torch is imported only inside commands, so `diffgen --help` starts
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -46,6 +47,11 @@ class PredictionOpt(str, Enum):
 class ScheduleOpt(str, Enum):
     linear = "linear"
     cosine = "cosine"
+
+
+class CropOpt(str, Enum):
+    center = "center"
+    random = "random"
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -99,19 +105,26 @@ def train(
     scale: Annotated[int, typer.Option(help="Upscaling factor (upscale task).")] = 4,
     image_size: Annotated[int, typer.Option(help="Training resolution (HR crop size when upscaling).")] = 32,
     channels: Annotated[Optional[int], typer.Option(help="1, 3 or 4; default: as the images.")] = None,
+    crop: Annotated[CropOpt, typer.Option(help="Centre crop once, or a random crop each time.")] = CropOpt.center,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = True,
     preset: Annotated[str, typer.Option(help="U-Net size: tiny, small or base.")] = "tiny",
     max_steps: Annotated[Optional[int], typer.Option(help="Optimisation steps [default: 2000, or the resumed run's].")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over the data, instead of --max-steps.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per step (over all processes).")] = 32,
     grad_accum: Annotated[int, typer.Option(help="Micro-batches per step.")] = 1,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-4,
+    lr: Annotated[float, typer.Option(help="Peak learning rate of AdamW.")] = 2e-4,
+    warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 200,
+    grad_clip: Annotated[float, typer.Option(help="Max gradient norm.")] = 1.0,
+    ema_decay: Annotated[float, typer.Option(help="EMA decay of the sampling weights.")] = 0.999,
     prediction: Annotated[PredictionOpt, typer.Option(help="Network target.")] = PredictionOpt.eps,
     schedule: Annotated[ScheduleOpt, typer.Option(help="Noise schedule.")] = ScheduleOpt.cosine,
     min_snr_gamma: Annotated[float, typer.Option(help="Min-SNR-γ loss weighting; 0 turns it off.")] = 5.0,
-    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = True,
+    label_dropout: Annotated[float, typer.Option(help="Share of labels dropped, for classifier-free guidance.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of weights, data order and noise.")] = 0,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
     sample_every: Annotated[int, typer.Option(help="Sample grid every N steps.")] = 1000,
     log_every: Annotated[int, typer.Option(help="Log line every N steps.")] = 50,
+    workers: Annotated[int, typer.Option(help="DataLoader workers when the data is too big for memory.")] = 2,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out where it stopped.")] = False,
 ) -> None:
@@ -125,6 +138,8 @@ def train(
     from dataclasses import replace  # noqa: PLC0415
 
     from diffgen.checkpoint import Task  # noqa: PLC0415
+    from diffgen.data import Crop  # noqa: PLC0415
+    from diffgen.errors import OptionError  # noqa: PLC0415
     from diffgen.schedule import Prediction, ScheduleKind  # noqa: PLC0415
     from diffgen.state import load_config  # noqa: PLC0415
     from diffgen.train import TrainConfig  # noqa: PLC0415
@@ -135,16 +150,20 @@ def train(
         cfg = load_config(out / "state.safetensors")
         cfg = replace(cfg, max_steps=max_steps or cfg.max_steps)
     else:
+        if max_steps and epochs:
+            raise OptionError("--epochs and --max-steps: give one or the other")
         cfg = TrainConfig(
             data_dir=data_dir, out_dir=out, task=Task(task.value), scale=scale, image_size=image_size,
-            channels=channels, preset=preset, max_steps=max_steps or 2000, batch_size=batch_size, grad_accum=grad_accum,
-            lr=lr, prediction=Prediction(prediction.value), schedule=ScheduleKind(schedule.value),
-            min_snr_gamma=min_snr_gamma, flip=flip, seed=seed, save_every=save_every,
-            sample_every=sample_every, log_every=log_every, device=device,
+            channels=channels, crop=Crop(crop.value), flip=flip, preset=preset, max_steps=max_steps or 2000,
+            batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, grad_clip=grad_clip,
+            ema_decay=ema_decay, prediction=Prediction(prediction.value), schedule=ScheduleKind(schedule.value),
+            min_snr_gamma=min_snr_gamma, label_dropout=label_dropout, seed=seed, save_every=save_every,
+            sample_every=sample_every, log_every=log_every, workers=workers, device=device, epochs=epochs,
         )
     with TrainProgress(cfg.max_steps) as progress:
         model_path = run_training(cfg, callback=progress.update, resume=resume)
-    out_console_done(f"model written to {model_path}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        out_console_done(f"model written to {model_path}")
 
 
 class TrainProgress:

@@ -1,13 +1,21 @@
 """Training data: a folder of images, where sub-folders are classes.
 
-Small data sets are decoded once into memory. `ImageFolder` holds the decoded images; `batches`
-draws shuffled batches for generation models and `upscale_pairs` makes (HR crop, LR) pairs.
+Every batch is a pure function of (seed, batch number): `DataOrder` gives the image indices of each
+batch (a fresh permutation per epoch) and `batch_generator` the randomness of its crops, flips and
+noise. So resuming needs only the step, data-loader workers can run ahead safely, and every rank of a
+distributed run draws the same global batch and takes its own slice.
+
+Small data sets are decoded once and kept in memory (`MemoryImages`); large ones are decoded on the
+fly by DataLoader workers (`FileImages`). Both go through `prepare` and `crop_at`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import torch
@@ -21,20 +29,34 @@ from diffgen.images import IMAGE_SUFFIXES, channels_of, open_image, pil_to_tenso
 Warn = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class ImageFolder:
-    images: list[Tensor]  # uint8 (C, H, W) each
-    labels: Tensor  # (N,) long; all zero for an unconditional set
-    class_names: tuple[str, ...]  # empty for an unconditional set
-    skipped: tuple[str, ...]  # files that could not be read, with the reason
+class Crop(str, Enum):
+    CENTER = "center"
+    RANDOM = "random"
 
-    @property
-    def channels(self) -> int:
-        return self.images[0].shape[0]
+
+@dataclass(frozen=True)
+class Prep:
+    """How a file becomes a training image."""
+
+    channels: int  # 1, 3 or 4
+    size: int  # side of the square training crop
+    crop: Crop  # centre crop once, or a random crop each time
+    resize: bool  # scale the shorter side to `size` first (generation); off for upscaling (HR crops)
+
+
+def derived_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers, e.g. (run seed, image index)."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def batch_generator(seed: int, k: int) -> torch.Generator:
+    """The generator of all randomness of global micro-batch k."""
+    return torch.Generator().manual_seed(derived_seed(seed, k, 1))
 
 
 def find_images(root: Path) -> tuple[list[Path], list[int], tuple[str, ...]]:
-    """Image files under `root` with their class index; classes are the sub-folders (sorted)."""
+    """Image files under `root` (recursively) with their class index; classes are the sub-folders."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder; pass a folder of images")
@@ -52,56 +74,152 @@ def find_images(root: Path) -> tuple[list[Path], list[int], tuple[str, ...]]:
             raise DataError(f"{d}: class folder with no images; add images or remove the folder")
         files += found
         labels += [i] * len(found)
-    loose = [p for p in root.iterdir() if is_image(p)]
+    loose = sorted(p for p in root.iterdir() if is_image(p))
     if loose:
         raise DataError(f"{loose[0]}: images beside class folders; move them into a class folder")
     return files, labels, tuple(d.name for d in class_dirs)
 
 
-def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Scale the shorter side to `size` (antialiased), then take the centre square."""
+def resize_short_side(img: Image.Image, size: int) -> Image.Image:
+    """Scale so the shorter side is `size` (antialiased)."""
     scale = size / min(img.size)
     w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
-    img = img.resize((w, h), Image.Resampling.BICUBIC, reducing_gap=3.0) if (w, h) != img.size else img
-    left, top = (w - size) // 2, (h - size) // 2
-    return img.crop((left, top, left + size, top + size))
+    return img if (w, h) == img.size else img.resize((w, h), Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
-def load_folder(
-    root: Path, *, channels: int | None = None, image_size: int | None = None, warn: Warn | None = None
-) -> ImageFolder:
-    """Decode every image under `root`. With `image_size`, each is resized and centre-cropped to it.
+def prepare(path: Path, prep: Prep) -> Tensor:
+    """Decode a file into the uint8 (C, H, W) tensor that crops are taken from."""
+    img = to_mode(open_image(path), prep.channels)
+    if prep.resize:
+        img = resize_short_side(img, prep.size)
+    elif min(img.size) < prep.size:
+        raise ImageError(f"{path}: {img.width}x{img.height} is smaller than --image-size {prep.size}")
+    x = pil_to_tensor(img)
+    if prep.crop is Crop.CENTER:
+        top, left = (x.shape[1] - prep.size) // 2, (x.shape[2] - prep.size) // 2
+        x = x[:, top : top + prep.size, left : left + prep.size]
+    return x
 
-    Unreadable files are skipped and reported through `warn`; channels default to what the first
-    readable image has.
+
+def decoded_bytes(width: int, height: int, prep: Prep) -> int:
+    """Memory that `prepare` will use for an image of this size."""
+    if prep.crop is Crop.CENTER:
+        return prep.channels * prep.size**2
+    scale = prep.size / min(width, height) if prep.resize else 1.0
+    return prep.channels * round(width * scale) * round(height * scale)
+
+
+def crop_at(x: Tensor, uy: float, ux: float, size: int) -> Tensor:
+    """The size x size crop of (C, H, W) at relative position (uy, ux) in [0, 1)."""
+    h, w = x.shape[-2:]
+    top, left = int(uy * (h - size + 1)), int(ux * (w - size + 1))
+    return x[:, top : top + size, left : left + size]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    files: list[Path]
+    labels: Tensor  # (N,) long; all zero for an unconditional set
+    class_names: tuple[str, ...]  # empty for an unconditional set
+    prep: Prep
+    images: list[Tensor] | None  # decoded images when kept in memory, else None (streamed)
+    skipped: tuple[str, ...]  # unreadable files, with the reason
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def open_dataset(
+    root: Path,
+    *,
+    size: int,
+    channels: int | None = None,
+    crop: Crop = Crop.CENTER,
+    resize: bool = True,
+    memory_limit: int = 2 << 30,
+    warn: Warn | None = None,
+) -> Dataset:
+    """Index a folder, check every file, and decode it into memory if it fits in `memory_limit` bytes.
+
+    Unreadable files are skipped and reported through `warn`; channels default to the first image's.
     """
     files, labels, class_names = find_images(root)
-    images, kept, skipped = [], [], []
+    skipped: list[str] = []
+
+    def skip(e: ImageError) -> None:
+        skipped.append(str(e))
+        if warn:
+            warn(f"skipping {e}")
+
+    checked, nbytes = [], 0
     for path, label in zip(files, labels):
         try:
-            img = open_image(path)
+            img = open_image(path, decode=False)
         except ImageError as e:
-            skipped.append(str(e))
-            if warn:
-                warn(f"skipping {e}")
+            skip(e)
             continue
         channels = channels or channels_of(img)
-        img = to_mode(img, channels)
-        if image_size:
-            img = resize_center_crop(img, image_size)
-        images.append(pil_to_tensor(img))
-        kept.append(label)
-    if not images:
+        checked.append((path, label))
+        nbytes += decoded_bytes(img.width, img.height, Prep(channels, size, crop, resize))
+    if not checked:
         raise DataError(f"{root}: none of the {len(files)} files could be read as an image")
-    missing = sorted(set(range(len(class_names))) - set(kept))
+    prep = Prep(channels, size, crop, resize)
+    images = None
+    if nbytes <= memory_limit:
+        images, decoded = [], []
+        for path, label in checked:
+            try:
+                images.append(prepare(path, prep))
+                decoded.append((path, label))
+            except ImageError as e:
+                skip(e)
+        checked = decoded
+    missing = sorted(set(range(len(class_names))) - {label for _, label in checked})
     if missing:
         raise DataError(f"{Path(root) / class_names[missing[0]]}: no readable images in this class folder")
-    return ImageFolder(images, torch.tensor(kept), class_names, tuple(skipped))
+    paths = [p for p, _ in checked]
+    return Dataset(paths, torch.tensor([lab for _, lab in checked]), class_names, prep, images, tuple(skipped))
 
 
-def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
-    """Mirror each image of a (B, C, H, W) batch left-right with probability 1/2."""
-    flip = torch.rand(len(x), generator=generator) < 0.5
+class DataOrder:
+    """Which images make up global micro-batch k: a fresh permutation of the data every epoch."""
+
+    def __init__(self, n: int, batch: int, seed: int):
+        self.n, self.batch, self.seed = n, batch, seed
+        self.per_epoch = n // batch
+        self._epoch, self._perm = -1, None
+
+    def indices(self, k: int) -> Tensor:
+        epoch, pos = divmod(k, self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(derived_seed(self.seed, epoch, 0))
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+        return self._perm[pos * self.batch : (pos + 1) * self.batch]
+
+
+class FileImages(torch.utils.data.Dataset):
+    """Decode-on-demand images for DataLoader workers; an item is (index, uy, ux) -> uint8 crop."""
+
+    def __init__(self, data: Dataset):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, item: tuple[int, float, float]) -> Tensor:
+        i, uy, ux = item
+        for attempt in range(len(self.data)):
+            path = self.data.files[(i + attempt) % len(self.data)]
+            try:
+                return crop_at(prepare(path, self.data.prep), uy, ux, self.data.prep.size)
+            except ImageError as e:
+                # Headers were checked up front; a file that fails to decode now is replaced by the next.
+                warnings.warn(f"skipping {e}", stacklevel=1)
+        raise DataError("no image in the data set could be decoded")
+
+
+def random_flip(x: Tensor, flip: Tensor) -> Tensor:
+    """Mirror the images of (B, C, H, W) where `flip` (B,) is true."""
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
@@ -114,15 +232,3 @@ def downsample(hr: Tensor, scale: int) -> Tensor:
 def upsample(lr: Tensor, scale: int) -> Tensor:
     """Bicubic upsampling by an integer factor: the baseline an upscaler improves on."""
     return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
-
-
-def random_crops(images: list[Tensor], index: Tensor, size: int, generator: torch.Generator) -> Tensor:
-    """One random size x size crop from each chosen image -> uint8 (B, C, size, size)."""
-    crops = []
-    for i in index.tolist():
-        img = images[i]
-        h, w = img.shape[-2:]
-        top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
-        left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
-        crops.append(img[:, top : top + size, left : left + size])
-    return torch.stack(crops)

@@ -27,8 +27,11 @@ def max_pixels() -> int:
     return int(os.environ.get("DIFFGEN_MAX_PIXELS", DEFAULT_MAX_PIXELS))
 
 
-def open_image(path: Path) -> Image.Image:
-    """Open and fully decode an image, or raise ImageError saying why it cannot be used."""
+def open_image(path: Path, *, decode: bool = True) -> Image.Image:
+    """Open and fully decode an image, or raise ImageError saying why it cannot be used.
+
+    With `decode=False` only the header is read: size, mode and metadata, not the pixels.
+    """
     path = Path(path)
     limit = max_pixels()
     try:
@@ -41,6 +44,8 @@ def open_image(path: Path) -> Image.Image:
                         f"{path}: {img.width}x{img.height} pixels is over the limit of {limit:,}; "
                         "raise DIFFGEN_MAX_PIXELS if the file is trusted"
                     )
+                if not decode:
+                    return img
                 img.seek(0)
                 img.load()
                 return ImageOps.exif_transpose(img)

@@ -1,7 +1,8 @@
 """The resumable training state: one safetensors file, written atomically.
 
-Tensors: model and EMA weights, AdamW moments, the data-order permutation and RNG states.
-Metadata (JSON): step, position in the epoch, optimizer hyper-parameters, model spec, train config.
+Tensors: model and EMA weights, AdamW moments, the global torch RNG (dropout).
+Metadata (JSON): step, optimizer hyper-parameters, model spec, train config. The data order and the
+noise of every batch are functions of the seed and the step (see `data.py`), so the step is enough.
 """
 
 from __future__ import annotations
@@ -15,29 +16,29 @@ import torch
 from safetensors.torch import save as st_save
 
 from diffgen.checkpoint import ModelSpec, Task, atomic_write, read_safetensors
+from diffgen.data import Crop
 from diffgen.errors import CheckpointError
 from diffgen.schedule import Prediction, ScheduleKind
 
 if TYPE_CHECKING:
-    from diffgen.train import Batches, TrainConfig
+    from diffgen.train import TrainConfig
 
 FORMAT = "diffgen-state"
 FORMAT_VERSION = 1
 
 
-def save_state(path: Path, model, ema, opt, g: torch.Generator, batches: "Batches", spec: ModelSpec, cfg: "TrainConfig", step: int) -> None:
+def save_state(path: Path, model, ema, opt, spec: ModelSpec, cfg: "TrainConfig", step: int) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors |= {f"ema.{k}": v for k, v in ema.state_dict().items()}
     opt_state = opt.state_dict()
     for i, s in opt_state["state"].items():
         tensors |= {f"opt.{i}.{k}": torch.as_tensor(v) for k, v in s.items()}
-    tensors |= {"rng.data": g.get_state(), "rng.torch": torch.get_rng_state(), "data.perm": batches.perm}
+    tensors["rng.torch"] = torch.get_rng_state()
     groups = [{k: v for k, v in grp.items()} for grp in opt_state["param_groups"]]
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "step": str(step),
-        "pos": str(batches.pos),
         "opt_groups": json.dumps(groups),
         "spec": spec.to_json(),
         "config": config_to_json(cfg),
@@ -55,7 +56,7 @@ def read_state(path: Path) -> tuple[dict, dict]:
     return tensors, meta
 
 
-def load_state(path: Path, model, ema, opt, g: torch.Generator, batches: "Batches") -> tuple[int, ModelSpec]:
+def load_state(path: Path, model, ema, opt) -> tuple[int, ModelSpec]:
     """Restore everything `save_state` wrote; returns the step and the run's model spec."""
     tensors, meta = read_state(path)
     take = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -67,9 +68,7 @@ def load_state(path: Path, model, ema, opt, g: torch.Generator, batches: "Batche
         i, name = k.split(".", 1)
         opt_state.setdefault(int(i), {})[name] = v if name == "step" else v.to(device)
     opt.load_state_dict({"state": opt_state, "param_groups": json.loads(meta["opt_groups"])})
-    g.set_state(tensors["rng.data"])
     torch.set_rng_state(tensors["rng.torch"])
-    batches.perm, batches.pos = tensors["data.perm"], int(meta["pos"])
     return int(meta["step"]), ModelSpec.from_json(meta["spec"])
 
 
@@ -85,4 +84,5 @@ def load_config(path: Path) -> "TrainConfig":
     d = json.loads(meta["config"])
     d["data_dir"], d["out_dir"] = Path(d["data_dir"]), Path(d["out_dir"])
     d["task"], d["prediction"], d["schedule"] = Task(d["task"]), Prediction(d["prediction"]), ScheduleKind(d["schedule"])
+    d["crop"] = Crop(d.get("crop", Crop.CENTER))
     return TrainConfig(**d)

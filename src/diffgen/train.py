@@ -2,8 +2,9 @@
 
 The loss is the DDPM objective (Ho et al. 2020) on the model's prediction target, weighted by
 Min-SNR-γ (Hang et al. 2023), with label dropout for classifier-free guidance (Ho & Salimans 2022).
-An EMA of the weights is what `RUN_DIR/model.safetensors` holds. `RUN_DIR/state.safetensors` holds
-everything needed to continue bit for bit: weights, EMA, optimizer moments, step, RNG and data order.
+An EMA of the weights is what `RUN_DIR/model.safetensors` holds; `RUN_DIR/state.safetensors` holds
+what resuming needs (see `state.py`). Every batch is a pure function of the seed and the step (see
+`data.py`), so resuming is exact and `torchrun` ranks each take a slice of the same global batch.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -19,15 +21,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from diffgen.checkpoint import LoadedModel, ModelSpec, Task, atomic_write, save_model
-from diffgen.data import ImageFolder, downsample, load_folder, random_crops, random_flip, upsample
+from diffgen.data import (
+    Crop, Dataset, DataOrder, FileImages, batch_generator, crop_at, downsample, open_dataset, random_flip, upsample,
+)
 from diffgen.errors import DataError, DiffgenError, OptionError, TrainingInterrupted
+from diffgen.generate import sample_batch
 from diffgen.images import make_grid, save_image, tensor_to_pil, to_model_range
 from diffgen.schedule import Prediction, ScheduleKind, min_snr_weight, q_sample, target
-from diffgen.unet import PRESETS, UNet, preset
 from diffgen.state import load_state, save_state
+from diffgen.unet import PRESETS, UNet, preset
+from diffgen.upscale import upscale_tensor
 
 
 @dataclass(frozen=True)
@@ -38,9 +45,12 @@ class TrainConfig:
     scale: int = 4  # upscaling factor (upscale task)
     image_size: int = 32  # training resolution (HR crop size for upscaling)
     channels: int | None = None  # 1, 3 or 4; None: as the first image
+    crop: Crop = Crop.CENTER  # centre crop once, or a random crop every time (always random for upscaling)
+    flip: bool = True  # random horizontal flips
     preset: str = "tiny"  # U-Net size: tiny, small or base
     max_steps: int = 2000  # optimisation steps
-    batch_size: int = 32  # images per step
+    epochs: int | None = None  # passes over the data; overrides max_steps when set
+    batch_size: int = 32  # images per step, over all processes
     grad_accum: int = 1  # micro-batches per step
     lr: float = 2e-4  # peak learning rate of AdamW
     warmup_steps: int = 200  # linear learning-rate warm-up
@@ -51,12 +61,13 @@ class TrainConfig:
     num_timesteps: int = 1000  # T
     min_snr_gamma: float = 5.0  # Min-SNR-γ loss weighting; 0 turns it off
     label_dropout: float = 0.1  # share of labels replaced by "no label" (classifier-free guidance)
-    flip: bool = True  # random horizontal flips
     seed: int = 0  # seeds weights, data order and noise
     save_every: int = 500  # checkpoint period in steps
     sample_every: int = 1000  # sample-grid period in steps
     log_every: int = 50  # log.jsonl period in steps
     sample_steps: int = 50  # DDIM steps for sample grids
+    workers: int = 2  # DataLoader workers when the data is streamed from disk
+    memory_limit: int = 2 << 30  # decode the data set into memory up to this many bytes, else stream it
     device: str = "auto"  # auto, cpu, cuda or cuda:N
 
 
@@ -76,9 +87,21 @@ class Note:
 Event = Progress | Note
 
 
-def pick_device(name: str) -> torch.device:
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise OptionError(f"--device {name}: no CUDA device here; use --device cpu")
     try:
@@ -87,27 +110,45 @@ def pick_device(name: str) -> torch.device:
         raise OptionError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
 
 
-def check_config(cfg: TrainConfig) -> None:
+def init_distributed(device: torch.device) -> Ranks:
+    """Join the process group torchrun describes in the environment: NCCL on GPUs, gloo on CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Ranks()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Ranks(dist.get_rank(), dist.get_world_size())
+
+
+def check_config(cfg: TrainConfig, ranks: Ranks) -> None:
     if cfg.preset not in PRESETS:
         raise OptionError(f"--preset {cfg.preset}: choose one of {', '.join(PRESETS)}")
     for name in ("max_steps", "batch_size", "grad_accum", "save_every", "sample_every", "log_every", "image_size"):
         if getattr(cfg, name) < 1:
             raise OptionError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
-    if cfg.batch_size % cfg.grad_accum:
-        raise OptionError(f"--grad-accum {cfg.grad_accum}: must divide --batch-size {cfg.batch_size}")
+    if cfg.batch_size % (cfg.grad_accum * ranks.world):
+        raise OptionError(
+            f"--batch-size {cfg.batch_size}: must be a multiple of --grad-accum ({cfg.grad_accum}) "
+            f"times the number of processes ({ranks.world})"
+        )
     if cfg.task is Task.UPSCALE and cfg.scale not in (2, 4, 8):
         raise OptionError(f"--scale {cfg.scale}: choose 2, 4 or 8")
     if cfg.channels not in (None, 1, 3, 4):
         raise OptionError(f"--channels {cfg.channels}: choose 1, 3 or 4")
+    if cfg.epochs is not None and cfg.epochs < 1:
+        raise OptionError(f"--epochs {cfg.epochs}: must be at least 1")
+    if not 0 <= cfg.label_dropout < 1:
+        raise OptionError(f"--label-dropout {cfg.label_dropout}: must be in [0, 1)")
 
 
-def build_spec(cfg: TrainConfig, data: ImageFolder) -> ModelSpec:
+def build_spec(cfg: TrainConfig, data: Dataset) -> ModelSpec:
     upscaling = cfg.task is Task.UPSCALE
+    channels = data.prep.channels
     unet = preset(
         cfg.preset,
-        in_channels=data.channels,
+        in_channels=channels,
         num_classes=0 if upscaling else len(data.class_names),
-        cond_channels=data.channels if upscaling else 0,
+        cond_channels=channels if upscaling else 0,
         pixel_shuffle=cfg.scale if upscaling else 1,
     )
     if cfg.image_size % unet.size_multiple:
@@ -117,61 +158,83 @@ def build_spec(cfg: TrainConfig, data: ImageFolder) -> ModelSpec:
         task=cfg.task,
         scale=cfg.scale if upscaling else 1,
         image_size=cfg.image_size,
-        channels=data.channels,
+        channels=channels,
         class_names=() if upscaling else data.class_names,
         schedule=cfg.schedule,
         num_timesteps=cfg.num_timesteps,
         prediction=cfg.prediction,
-        residual_scale=residual_scale(data, cfg) if upscaling else 1.0,
+        extra={"data": str(cfg.data_dir), "images": len(data)},
     )
 
 
-def residual_scale(data: ImageFolder, cfg: TrainConfig) -> float:
-    """Scale the HR - bicubic(LR) residual to a standard deviation of 0.5, like images in [-1, 1]."""
-    g = torch.Generator().manual_seed(cfg.seed)
-    hr = to_model_range(random_crops(data.images, torch.randint(len(data.images), (64,), generator=g), cfg.image_size, g))
-    std = float((hr - upsample(downsample(hr, cfg.scale), cfg.scale)).std())
-    return 0.5 / max(std, 1e-3)
-
-
 class Batches:
-    """Shuffled epochs over a data set; the permutation and position are part of the training state."""
+    """Global micro-batches k = 0, 1, 2, ... of uint8 crops, with the randomness that goes with them.
 
-    def __init__(self, n: int, generator: torch.Generator):
-        self.n, self.generator = n, generator
-        self.perm, self.pos = torch.randperm(n, generator=generator), 0
+    Each rank gets its contiguous slice of every global micro-batch. From memory the crops are cut
+    here; from disk they are decoded ahead by DataLoader workers.
+    """
 
-    def next(self, batch_size: int) -> Tensor:
-        if self.pos + batch_size > self.n:
-            self.perm, self.pos = torch.randperm(self.n, generator=self.generator), 0
-        idx = self.perm[self.pos : self.pos + batch_size]
-        self.pos += batch_size
-        return idx
+    def __init__(self, data: Dataset, cfg: TrainConfig, ranks: Ranks, first_k: int):
+        self.data, self.cfg, self.ranks = data, cfg, ranks
+        self.micro = cfg.batch_size // cfg.grad_accum
+        self.order = DataOrder(len(data), self.micro, cfg.seed)
+        self.loader = None
+        if data.images is None:
+            self.loader = iter(torch.utils.data.DataLoader(
+                FileImages(data), batch_sampler=self.crop_requests(first_k), num_workers=cfg.workers,
+                persistent_workers=cfg.workers > 0,
+            ))
+
+    def my_slice(self) -> slice:
+        per_rank = self.micro // self.ranks.world
+        return slice(self.ranks.rank * per_rank, (self.ranks.rank + 1) * per_rank)
+
+    def crop_requests(self, k: int) -> Iterator[list[tuple[int, float, float]]]:
+        """What the DataLoader workers should decode for micro-batches k, k+1, ... (this rank only)."""
+        while True:
+            idx, u = self.order.indices(k), torch.rand(self.micro, 2, generator=batch_generator(self.cfg.seed, k))
+            s = self.my_slice()
+            yield [(i, float(uy), float(ux)) for i, (uy, ux) in zip(idx[s].tolist(), u[s].tolist())]
+            k += 1
+
+    def get(self, k: int) -> tuple[Tensor, Tensor, torch.Generator]:
+        """(uint8 crops, labels) of this rank's share of micro-batch k, and the generator to continue with."""
+        g = batch_generator(self.cfg.seed, k)
+        idx, u = self.order.indices(k), torch.rand(self.micro, 2, generator=g)  # crops are the first draw
+        s = self.my_slice()
+        if self.loader is not None:
+            crops = next(self.loader)
+        else:
+            size = self.cfg.image_size
+            crops = torch.stack([crop_at(self.data.images[i], uy, ux, size) for i, (uy, ux) in zip(idx[s].tolist(), u[s].tolist())])
+        return crops, self.data.labels[idx[s]], g
 
 
-def make_batch(data: ImageFolder, stack: Tensor | None, idx: Tensor, spec: ModelSpec, cfg: TrainConfig, g: torch.Generator):
-    """(x0, labels, cond) for one micro-batch; for upscaling x0 is the scaled residual over bicubic."""
-    if spec.task is Task.UPSCALE:
-        hr = to_model_range(random_crops(data.images, idx, cfg.image_size, g))
-    else:
-        hr = to_model_range(stack[idx])
+def aux_batches(data: Dataset, cfg: TrainConfig, batch_size: int) -> Batches:
+    """Batches for a look at the data outside the training stream (no workers, one process)."""
+    return Batches(data, replace(cfg, batch_size=batch_size, grad_accum=1, workers=0), Ranks(), 0)
+
+
+def make_inputs(crops: Tensor, labels: Tensor, g: torch.Generator, spec: ModelSpec, cfg: TrainConfig, s: slice, micro: int):
+    """(x0, labels, cond) for the model; the random draws cover the global micro-batch, then take slice s."""
+    flip = (torch.rand(micro, generator=g) < 0.5)[s]
+    drop = (torch.rand(micro, generator=g) < cfg.label_dropout)[s]
+    hr = to_model_range(crops)
     if cfg.flip:
-        hr = random_flip(hr, g)
+        hr = random_flip(hr, flip)
     if spec.task is Task.UPSCALE:
         lr = downsample(hr, spec.scale)
         return (hr - upsample(lr, spec.scale)) * spec.residual_scale, None, lr
     if not spec.class_names:
         return hr, None, None
-    labels = data.labels[idx].clone()
-    drop = torch.rand(len(idx), generator=g) < cfg.label_dropout
     return hr, labels.masked_fill(drop, spec.unet.num_classes), None
 
 
-def diffusion_loss(model, alphas_cumprod: Tensor, spec: ModelSpec, gamma: float, batch, g: torch.Generator) -> Tensor:
-    """The weighted denoising loss of one micro-batch at random timesteps."""
-    x0, labels, cond = batch
-    t = torch.randint(len(alphas_cumprod), (len(x0),), generator=g)
-    noise = torch.randn(x0.shape, generator=g)
+def diffusion_loss(model, alphas_cumprod: Tensor, spec: ModelSpec, gamma: float, inputs, g: torch.Generator, s: slice, micro: int) -> Tensor:
+    """The weighted denoising loss of this rank's slice of a micro-batch, at random timesteps."""
+    x0, labels, cond = inputs
+    t = torch.randint(len(alphas_cumprod), (micro,), generator=g)[s]
+    noise = torch.randn((micro, *x0.shape[1:]), generator=g)[s]
     device = next(model.parameters()).device
     x0, noise, t = x0.to(device), noise.to(device), t.to(device)
     ab = alphas_cumprod.to(device)[t]
@@ -180,6 +243,13 @@ def diffusion_loss(model, alphas_cumprod: Tensor, spec: ModelSpec, gamma: float,
         out = model(x_t, t, None if labels is None else labels.to(device), None if cond is None else cond.to(device))
     per_sample = ((out.float() - target(spec.prediction, x0, noise, ab)) ** 2).mean(dim=(1, 2, 3))
     return (min_snr_weight(spec.prediction, ab, gamma) * per_sample).mean()
+
+
+def residual_scale(batches: Batches, cfg: TrainConfig) -> float:
+    """Scale the HR - bicubic(LR) residual to a standard deviation of 0.5, like images in [-1, 1]."""
+    hr = to_model_range(torch.cat([batches.get(k)[0] for k in range(max(1, 64 // batches.micro))]))
+    std = float((hr - upsample(downsample(hr, cfg.scale), cfg.scale)).std())
+    return 0.5 / max(std, 1e-3)
 
 
 @torch.no_grad()
@@ -208,50 +278,66 @@ def stop_requests() -> Iterator[list[str]]:
             signal.signal(s, h)
 
 
+def all_ranks(value: float, ranks: Ranks, op=None) -> float:
+    """Reduce a number over ranks (mean by default) so every rank takes the same decisions."""
+    if ranks.world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return float(t) / (ranks.world if op is None else 1)
+
+
 def train(cfg: TrainConfig, *, callback: Callable[[Event], None] | None = None, resume: bool = False) -> Path:
     """Train (or with `resume`, continue) a model; returns the path of RUN_DIR/model.safetensors."""
-    notify = callback or (lambda event: None)
-    check_config(cfg)
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    ranks = init_distributed(device)
+    notify = (callback or (lambda event: None)) if ranks.main else (lambda event: None)
+    check_config(cfg, ranks)
     out = Path(cfg.out_dir)
     check_run_dir(out, Path(cfg.data_dir), resume)
-    data = load_folder(
-        cfg.data_dir,
-        channels=cfg.channels,
-        image_size=None if cfg.task is Task.UPSCALE else cfg.image_size,
+    if ranks.world > 1:
+        dist.barrier()  # every rank has checked --out before rank 0 writes to it
+    data = open_dataset(
+        cfg.data_dir, size=cfg.image_size, channels=cfg.channels, memory_limit=cfg.memory_limit,
+        crop=Crop.RANDOM if cfg.task is Task.UPSCALE else cfg.crop, resize=cfg.task is Task.GENERATE,
         warn=lambda text: notify(Note(text)),
     )
     check_data(data, cfg)
+    if cfg.epochs:
+        per_epoch = len(data) // (cfg.batch_size // cfg.grad_accum) // cfg.grad_accum
+        cfg = replace(cfg, max_steps=max(1, cfg.epochs * per_epoch))
     if data.skipped:
         notify(Note(f"skipped {len(data.skipped)} unreadable file(s)"))
-    stack = None if cfg.task is Task.UPSCALE else torch.stack(data.images)
-    try:
-        (out / "samples").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OptionError(f"--out {out}: cannot create the run folder ({e.strerror})") from None
+    if data.images is None:
+        notify(Note(f"{len(data)} images stream from disk through {cfg.workers} worker(s)"))
 
     torch.manual_seed(cfg.seed)
     spec = build_spec(cfg, data)
     model = UNet(spec.unet).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    g = torch.Generator().manual_seed(cfg.seed)
-    batches = Batches(len(data.images), g)
     step = 0
     if resume:
-        step, spec = load_state(out / "state.safetensors", model, ema, opt, g, batches)
+        step, spec = load_state(out / "state.safetensors", model, ema, opt)
         truncate_log(out / "log.jsonl", step)
         notify(Note(f"resuming {out} at step {step}"))
+    batches = Batches(data, cfg, ranks, first_k=step * cfg.grad_accum)
+    if cfg.task is Task.UPSCALE and not resume:
+        spec = replace(spec, residual_scale=residual_scale(aux_batches(data, cfg, cfg.batch_size), cfg))
+    if ranks.main:
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+    net = torch.nn.parallel.DistributedDataParallel(model) if ranks.world > 1 else model
     alphas_cumprod = spec.make_schedule().alphas_cumprod.float()
 
     def checkpoint(at: int) -> None:
-        save_state(out / "state.safetensors", model, ema, opt, g, batches, replace(spec, train_steps=at), cfg, at)
-        save_model(out / "model.safetensors", ema, replace(spec, train_steps=at))
+        if ranks.main:
+            save_state(out / "state.safetensors", model, ema, opt, replace(spec, train_steps=at), cfg, at)
+            save_model(out / "model.safetensors", ema, replace(spec, train_steps=at))
 
     smoothed, seen, t0 = None, 0, time.perf_counter()
     with stop_requests() as stop:
         while step < cfg.max_steps:
-            loss = train_step(model, opt, data, stack, spec, cfg, alphas_cumprod, batches, g, step)
+            loss = all_ranks(train_step(net, opt, batches, spec, cfg, alphas_cumprod, step), ranks)
             if not math.isfinite(loss):
                 raise DiffgenError(
                     f"{out}: the loss became {loss} at step {step + 1}; the last good checkpoint is kept. "
@@ -263,38 +349,38 @@ def train(cfg: TrainConfig, *, callback: Callable[[Event], None] | None = None, 
             smoothed = loss if smoothed is None else 0.98 * smoothed + 0.02 * loss
             ips = seen / (time.perf_counter() - t0)
             notify(Progress(step, cfg.max_steps, smoothed, ips))
-            if step % cfg.log_every == 0:
-                append_log(out / "log.jsonl", {"step": step, "loss": loss, "lr": learning_rate(cfg, step - 1), "images_per_s": ips})
-            if step % cfg.sample_every == 0 or step == cfg.max_steps:
+            if ranks.main and step % cfg.log_every == 0:
+                record = {"step": step, "loss": loss, "lr": learning_rate(cfg, step - 1), "images_per_s": ips}
+                append_log(out / "log.jsonl", record)
+            if ranks.main and (step % cfg.sample_every == 0 or step == cfg.max_steps):
                 write_samples(out, LoadedModel(replace(spec, train_steps=step), ema.eval(), out), data, cfg, step)
             if step % cfg.save_every == 0 or step == cfg.max_steps:
                 checkpoint(step)
-            if stop:
+            if all_ranks(float(bool(stop)), ranks, dist.ReduceOp.MAX if ranks.world > 1 else None):
                 checkpoint(step)
                 raise TrainingInterrupted(
-                    f"stopped by {stop[0]} at step {step}; saved. Continue with: "
+                    f"stopped by {stop[0] if stop else 'a signal'} at step {step}; saved. Continue with: "
                     f"diffgen train {cfg.data_dir} --out {out} --resume"
                 )
     return out / "model.safetensors"
 
 
-def train_step(model, opt, data, stack, spec, cfg, alphas_cumprod, batches, g, step) -> float:
-    """One optimisation step over `grad_accum` micro-batches; returns the mean loss."""
-    model.train()
+def train_step(net, opt, batches: Batches, spec: ModelSpec, cfg: TrainConfig, alphas_cumprod: Tensor, step: int) -> float:
+    """One optimisation step over `grad_accum` micro-batches; returns this rank's mean loss."""
+    net.train()
     for group in opt.param_groups:
         group["lr"] = learning_rate(cfg, step)
     opt.zero_grad(set_to_none=True)
-    micro = cfg.batch_size // cfg.grad_accum
-    total = 0.0
-    for _ in range(cfg.grad_accum):
-        batch = make_batch(data, stack, batches.next(micro), spec, cfg, g)
-        loss = diffusion_loss(model, alphas_cumprod, spec, cfg.min_snr_gamma, batch, g) / cfg.grad_accum
+    total, s = 0.0, batches.my_slice()
+    for j in range(cfg.grad_accum):
+        crops, labels, g = batches.get(step * cfg.grad_accum + j)
+        inputs = make_inputs(crops, labels, g, spec, cfg, s, batches.micro)
+        loss = diffusion_loss(net, alphas_cumprod, spec, cfg.min_snr_gamma, inputs, g, s, batches.micro) / cfg.grad_accum
         loss.backward()
         total += loss.item()
-    if not math.isfinite(total):
-        return total
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    opt.step()
+    if math.isfinite(total):
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
     return total
 
 
@@ -308,18 +394,11 @@ def check_run_dir(out: Path, data_dir: Path, resume: bool) -> None:
         raise OptionError(f"--out {out}: is inside the data folder {data_dir}; put the run somewhere else")
 
 
-def check_data(data: ImageFolder, cfg: TrainConfig) -> None:
-    if len(data.images) < cfg.batch_size:
+def check_data(data: Dataset, cfg: TrainConfig) -> None:
+    if len(data) < cfg.batch_size // cfg.grad_accum:
         raise DataError(
-            f"{cfg.data_dir}: {len(data.images)} image(s) is fewer than one batch; lower --batch-size or add images"
+            f"{cfg.data_dir}: {len(data)} image(s) is fewer than one batch; lower --batch-size or add images"
         )
-    if cfg.task is Task.UPSCALE:
-        small = [i for i, img in enumerate(data.images) if min(img.shape[-2:]) < cfg.image_size]
-        if small:
-            raise DataError(
-                f"{cfg.data_dir}: {len(small)} image(s) are smaller than --image-size {cfg.image_size}; "
-                "lower it or remove them"
-            )
 
 
 def append_log(path: Path, record: dict) -> None:
@@ -335,16 +414,11 @@ def truncate_log(path: Path, step: int) -> None:
     atomic_write(path, "".join(line + "\n" for line in keep).encode())
 
 
-def write_samples(out: Path, loaded: LoadedModel, data: ImageFolder, cfg: TrainConfig, step: int) -> None:
-    """A fixed-seed grid from the EMA model: one row per class, or LR | bicubic | model | HR rows."""
-    from diffgen.generate import sample_batch  # noqa: PLC0415 - avoids an import cycle at load time
-    from diffgen.upscale import upscale_tensor  # noqa: PLC0415
-
+def write_samples(out: Path, loaded: LoadedModel, data: Dataset, cfg: TrainConfig, step: int) -> None:
+    """A fixed-seed grid from the EMA model: one row per class, or bicubic | model | HR rows."""
     spec = loaded.spec
     if spec.task is Task.UPSCALE:
-        g = torch.Generator().manual_seed(cfg.seed)
-        idx = torch.arange(min(4, len(data.images)))
-        hr = to_model_range(random_crops(data.images, idx, cfg.image_size, g))
+        hr = to_model_range(aux_batches(data, cfg, min(4, len(data))).get(0)[0])
         lr = downsample(hr, spec.scale)
         sr = upscale_tensor(loaded, lr, seed=cfg.seed)
         rows = [[upsample(lr, spec.scale)[i], sr[i], hr[i]] for i in range(len(hr))]
