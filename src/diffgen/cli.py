@@ -49,6 +49,12 @@ class ScheduleOpt(str, Enum):
     cosine = "cosine"
 
 
+class FormatOpt(str, Enum):
+    png = "png"
+    jpg = "jpg"
+    webp = "webp"
+
+
 class CropOpt(str, Enum):
     center = "center"
     random = "random"
@@ -276,45 +282,103 @@ class item_progress:
 @app.command()
 @run_command
 def upscale(
-    inputs: Annotated[list[Path], typer.Argument(help="Images to upscale.")],
-    model: Annotated[Optional[str], typer.Option(help="Bundled name, .safetensors file or run folder; default: upscale-x4.")] = None,
-    scale: Annotated[Optional[int], typer.Option(help="Upscaling factor; must match the model (default: the model's).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output file, or folder; default: NAME_x4.png beside each input.")] = None,
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)],
+    model: Annotated[Optional[str], typer.Option(help="Bundled name, .safetensors file or run folder [default: upscale-x4].")] = None,
+    scale: Annotated[Optional[int], typer.Option(help="Upscaling factor; must match the model [default: the model's].")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output file, or folder [default: beside each input].")] = None,
+    suffix: Annotated[Optional[str], typer.Option(help="Added to output names [default: _x4 for x4].")] = None,
+    format: Annotated[FormatOpt, typer.Option("--format", help="Output format.")] = FormatOpt.png,
+    quality: Annotated[int, typer.Option(help="JPEG/WebP quality, 1-100.")] = 95,
+    recursive: Annotated[bool, typer.Option("--recursive", help="Descend into sub-folders of folder inputs.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output exists.")] = False,
     steps: Annotated[int, typer.Option(help="Sampling steps.")] = 4,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    tile: Annotated[Optional[int], typer.Option(help="Tile side in input pixels [default: automatic].")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
 ) -> None:
     """Upscale images with a diffusion super-resolution model.
 
     Examples:
       diffgen upscale low.png
-      diffgen upscale a.png b.jpg --out big/ --steps 10
+      diffgen upscale photos/ --recursive --out big/ --format jpg
+      diffgen upscale "scans/*.png" --skip-existing
     """
     from diffgen.checkpoint import Task  # noqa: PLC0415
     from diffgen.errors import DiffgenError, OptionError  # noqa: PLC0415
     from diffgen.models import open_model  # noqa: PLC0415
     from diffgen.train import pick_device  # noqa: PLC0415
-    from diffgen.upscale import output_path, upscale_file  # noqa: PLC0415
+    from diffgen.upscale import collect_inputs, output_path, upscale_file  # noqa: PLC0415
 
     check_positive("--steps", steps)
+    if tile is not None and tile < 32:
+        raise OptionError(f"--tile {tile}: must be at least 32")
+    if not 1 <= quality <= 100:
+        raise OptionError(f"--quality {quality}: must be between 1 and 100")
+    if overwrite and skip_existing:
+        raise OptionError("--overwrite and --skip-existing: choose one")
     loaded = open_model(model, Task.UPSCALE, pick_device(device))
     if scale is not None and scale != loaded.spec.scale:
         raise OptionError(f"--scale {scale}: this model upscales x{loaded.spec.scale}; pass --scale {loaded.spec.scale} or another --model")
     if steps > loaded.spec.num_timesteps:
         raise OptionError(f"--steps {steps}: this model has {loaded.spec.num_timesteps} timesteps; use at most that")
-    failed = 0
-    for src in inputs:
-        dst = output_path(src, out, loaded.spec.scale, many=len(inputs) > 1)
-        try:
-            with item_progress(f"{src.name}", steps) as advance:
-                upscale_file(loaded, src, dst, overwrite=overwrite, steps=steps, seed=seed, callback=advance)
-            out_console_done(f"{src} -> {dst}")
-        except DiffgenError as e:
-            failed += 1
-            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+    suffix = f"_x{loaded.spec.scale}" if suffix is None else suffix
+    sources = collect_inputs(inputs, recursive=recursive, suffix=suffix)
+    done, skipped, failed = 0, 0, 0
+    with BatchProgress(len(sources)) as progress:
+        for src in sources:
+            dst = output_path(src, out, suffix=suffix, fmt=format.value, many=len(sources) > 1)
+            if skip_existing and dst.exists():
+                skipped += 1
+                progress.next_image(src.name)
+                continue
+            progress.next_image(src.name)
+            try:
+                result = upscale_file(loaded, src, dst, tile=tile, steps=steps, seed=seed, overwrite=overwrite,
+                                      quality=quality, callback=progress.tiles)
+            except DiffgenError as e:
+                failed += 1
+                progress.print(f"[red]error:[/red] {e}")
+                continue
+            done += 1
+            note = f" ({result.note})" if result.note else ""
+            progress.print(f"{src} -> {dst} ({result.size[0]}x{result.size[1]}){note}")
+    summary = f"{done} upscaled, {skipped} skipped, {failed} failed"
     if failed:
-        raise fail(f"{failed} of {len(inputs)} image(s) failed")
+        raise fail(summary)
+    out_console_done(summary)
+
+
+class BatchProgress:
+    """Two rich bars, images and the current image's tiles, with ETA; plain lines when not a terminal."""
+
+    def __init__(self, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=err, disable=not err.is_terminal)
+        self.images = self.bar.add_task("images", total=total)
+        self.tile_task = self.bar.add_task("tiles", total=1)
+        self.started = 0
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.update(self.images, completed=self.started)
+        self.bar.__exit__(*exc)
+
+    def next_image(self, name: str) -> None:
+        self.bar.update(self.images, completed=self.started)
+        self.started += 1
+        self.bar.reset(self.tile_task, total=1, description=f"tiles of {name}")
+
+    def tiles(self, done: int, total: int) -> None:
+        self.bar.update(self.tile_task, completed=done, total=total)
+
+    def print(self, message: str) -> None:
+        err.print(message, highlight=False, soft_wrap=True)
 
 
 def main() -> None:

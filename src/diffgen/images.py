@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,8 @@ def open_image(path: Path, *, decode: bool = True) -> Image.Image:
                     return img
                 img.seek(0)
                 img.load()
-                return ImageOps.exif_transpose(img)
+                ImageOps.exif_transpose(img, in_place=True)  # keeps the file's metadata (PNG text, ICC)
+                return img
     except ImageError:
         raise
     except FileNotFoundError:
@@ -138,6 +140,8 @@ def save_image(
         save_args["pnginfo"] = info
     if fmt != "PNG":
         save_args["quality"] = quality
+        if img.mode in GREY16:  # only PNG keeps 16 bits
+            img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8), "L")
         if fmt == "JPEG" and img.mode not in ("L", "RGB"):
             img = img.convert("RGB")
     try:
@@ -159,3 +163,58 @@ def save_image(
         raise ImageError(f"{path}: cannot write ({e.strerror}); free some space or choose another --out") from None
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+GREY16 = ("I;16", "I;16B", "I;16L", "I")
+
+
+@dataclass(frozen=True)
+class Planes:
+    """An image split into what a colour model sees and what it does not."""
+
+    colour: Tensor  # float (3, H, W) in [-1, 1]
+    alpha: Image.Image | None  # the alpha channel, upscaled separately
+    grey: bool  # the source was greyscale: convert the result back
+    bits: int  # 8, or 16 for 16-bit greyscale sources
+    note: str | None  # a conversion the user should know about
+
+
+def split_planes(img: Image.Image) -> Planes:
+    """Prepare any Pillow image for a 3-channel model, remembering how to rebuild the original kind."""
+    note = None
+    if img.mode in GREY16:
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode != "I" or arr.max() > 255 else 255.0
+        grey = torch.from_numpy(arr / peak * 2 - 1).float()[None]
+        return Planes(grey.expand(3, -1, -1).clone(), None, True, 16 if peak > 255 else 8, None)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode not in ("1", "L", "LA", "RGB", "RGBA"):
+        note = f"converted {img.mode} to RGB"
+        img = img.convert("RGB")
+    has_alpha = img.mode in ("LA", "RGBA")
+    alpha = img.getchannel("A") if has_alpha else None
+    grey = img.mode in ("1", "L", "LA")
+    colour = to_model_range(pil_to_tensor(img.convert("RGB")))
+    return Planes(colour, alpha, grey, 8, note)
+
+
+def merge_planes(pixels: np.ndarray, planes: Planes) -> Image.Image:
+    """The upscaled (H, W, 3) uint8/uint16 array back as the source's kind of image."""
+    if planes.bits == 16:
+        return Image.fromarray(np.round(pixels.mean(axis=2)).astype(np.uint16))  # mode I;16
+    img = Image.fromarray(pixels, "RGB")
+    if planes.grey:
+        img = img.convert("L")
+    if planes.alpha is not None:
+        img.putalpha(planes.alpha.resize(img.size, Image.Resampling.BICUBIC))
+    return img
+
+
+def carried_metadata(img: Image.Image) -> dict:
+    """What an output should keep of its source: ICC profile and PNG text."""
+    keep = {}
+    if img.info.get("icc_profile"):
+        keep["icc_profile"] = img.info["icc_profile"]
+    text = getattr(img, "text", None) or {}
+    return keep | {"text": dict(text)}

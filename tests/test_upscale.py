@@ -1,0 +1,155 @@
+"""Upscaling: tiling without seams, and every kind of image file in and out."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageCms, PngImagePlugin
+from typer.testing import CliRunner
+
+from diffgen.checkpoint import ModelSpec, Task, load_model, save_model
+from diffgen.cli import app
+from diffgen.images import pil_to_tensor, to_model_range
+from diffgen.schedule import Prediction
+from diffgen.unet import UNet, preset
+from diffgen.upscale import plan_tiles, tile_starts, upscale_tiled
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A tiny x4 upscaler with random (non-zero) weights: outputs depend on every input pixel."""
+    torch.manual_seed(0)
+    unet = preset("tiny", cond_channels=3, pixel_shuffle=4)
+    model = UNet(unet)
+    for p in model.parameters():
+        p.data.normal_(0, 0.03)
+    spec = ModelSpec(unet=unet, task=Task.UPSCALE, scale=4, image_size=32, channels=3, prediction=Prediction.X0,
+                     residual_scale=0.25)  # a strong residual (std ~17 grey levels) to test tiling with
+    path = tmp_path_factory.mktemp("sr") / "sr.safetensors"
+    save_model(path, model, spec)
+    return path
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def smooth_image(w, h, seed=0):
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (h // 4 + 1, w // 4 + 1, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
+
+
+@pytest.mark.parametrize("length, tile, overlap", [(10, 64, 16), (64, 64, 16), (65, 64, 16), (300, 64, 16), (1000, 96, 8)])
+def test_tiles_cover_the_image_with_overlap(length, tile, overlap):
+    starts = tile_starts(length, tile, overlap)
+    assert starts[0] == 0 and min(length, starts[-1] + tile) == length
+    for a, b in zip(starts, starts[1:]):
+        assert a + tile - b >= overlap
+
+
+def test_feathered_blending_is_exact_where_tiles_agree(tmp_path):
+    """A fresh U-Net predicts a zero residual, so the result is bicubic: flat in, flat out, tiled or not."""
+    unet = preset("tiny", cond_channels=3, pixel_shuffle=4)
+    spec = ModelSpec(unet=unet, task=Task.UPSCALE, scale=4, image_size=32, channels=3, prediction=Prediction.X0)
+    save_model(tmp_path / "zero.safetensors", UNet(unet), spec)
+    loaded = load_model(tmp_path / "zero.safetensors")
+    flat = torch.full((3, 40, 56), 0.2)
+    assert plan_tiles(40, 56, 32).count == 4
+    tiled = upscale_tiled(loaded, flat, tile=32, steps=1)
+    assert tiled.shape == (160, 224, 3)
+    assert np.unique(tiled).tolist() == [round(1.2 * 127.5)]
+
+
+def test_tiled_and_untiled_agree_and_show_no_seams(model_file):
+    loaded = load_model(model_file)
+    lr = to_model_range(pil_to_tensor(smooth_image(96, 64)))
+    whole = upscale_tiled(loaded, lr, tile=128, steps=2).astype(np.float64)
+    tiled = upscale_tiled(loaded, lr, tile=48, steps=2).astype(np.float64)
+    mse = ((whole - tiled) ** 2).mean()
+    assert 10 * np.log10(255**2 / mse) > 40
+    # The difference does not concentrate on tile seams: no column or row is much worse than the typical one.
+    for axis in ((0, 2), (1, 2)):
+        profile = np.abs(whole - tiled).mean(axis=axis)
+        assert profile.max() < 4 * np.median(profile)
+
+
+def test_upscale_keeps_each_kind_of_image(model_file, tmp_path):
+    rgb = smooth_image(12, 8)
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize((12, 8)))
+    pal = rgb.quantize(16)
+    pal.info["transparency"] = 0
+    grey16 = Image.fromarray((np.arange(96).reshape(8, 12) * 600).astype(np.uint16))
+    cases = {
+        "rgba.png": (rgba, "RGBA"), "palette.png": (pal, "RGBA"), "grey.png": (rgb.convert("L"), "L"),
+        "grey16.png": (grey16, "I;16"), "la.png": (rgba.convert("LA"), "LA"), "cmyk.jpg": (rgb.convert("CMYK"), "RGB"),
+    }
+    for name, (img, _) in cases.items():
+        img.save(tmp_path / name)
+    r = invoke("upscale", *(tmp_path / n for n in cases), "--model", model_file, "--steps", 1, "--out", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert "converted CMYK to RGB" in r.output
+    for name, (_, mode) in cases.items():
+        with Image.open(tmp_path / "out" / f"{name.split('.')[0]}_x4.png") as out:
+            assert out.size == (48, 32), name
+            assert out.mode == mode, name
+    with Image.open(tmp_path / "out" / "grey16_x4.png") as out:
+        assert np.asarray(out).max() > 255  # still 16-bit data
+    with Image.open(tmp_path / "out" / "rgba_x4.png") as out:
+        alpha = np.asarray(out.getchannel("A"))
+        assert alpha[0].mean() < 60 and alpha[-1].mean() > 190  # the top-to-bottom gradient survived
+
+
+def test_exif_orientation_icc_and_png_text_are_respected(model_file, tmp_path):
+    img = smooth_image(16, 8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90°: the upright image is 8 wide and 16 tall
+    img.save(tmp_path / "rotated.jpg", exif=exif)
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Author", "someone")
+    img.save(tmp_path / "tagged.png", pnginfo=info, icc_profile=icc)
+    r = invoke("upscale", tmp_path / "rotated.jpg", tmp_path / "tagged.png", "--model", model_file, "--steps", 1)
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "rotated_x4.png") as out:
+        assert out.size == (32, 64)
+    with Image.open(tmp_path / "tagged_x4.png") as out:
+        assert out.info.get("icc_profile") == icc
+        assert out.text["Author"] == "someone" and out.text["steps"] == "1"
+
+
+def test_output_names_formats_and_overwrite_rules(model_file, tmp_path):
+    smooth_image(8, 8).save(tmp_path / "a.png")
+    base = ("upscale", tmp_path / "a.png", "--model", model_file, "--steps", 1)
+    assert invoke(*base, "--format", "jpg", "--suffix", "-big").exit_code == 0
+    with Image.open(tmp_path / "a-big.jpg") as out:
+        assert (out.format, out.size) == ("JPEG", (32, 32))
+    assert invoke(*base).exit_code == 0
+    before = (tmp_path / "a_x4.png").read_bytes()
+    r = invoke(*base, "--seed", 5)
+    assert r.exit_code == 1 and "already exists" in r.output and "0 upscaled, 0 skipped, 1 failed" in r.output
+    assert (tmp_path / "a_x4.png").read_bytes() == before
+    r = invoke(*base, "--skip-existing")
+    assert r.exit_code == 0 and "0 upscaled, 1 skipped" in r.output
+    assert invoke(*base, "--seed", 5, "--overwrite").exit_code == 0
+    assert invoke(*base, "--out", tmp_path / "named.webp", "--format", "webp").exit_code == 0
+    assert (tmp_path / "named.webp").is_file()
+
+
+def test_folders_globs_and_a_bad_file_in_a_batch(model_file, tmp_path):
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    smooth_image(8, 8).save(tmp_path / "in" / "one.png")
+    smooth_image(8, 8).save(tmp_path / "in" / "sub" / "two.png")
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    r = invoke("upscale", tmp_path / "in", "--recursive", "--model", model_file, "--steps", 1, "--out", tmp_path / "out")
+    assert r.exit_code == 1
+    assert "broken.png" in r.output and "2 upscaled, 0 skipped, 1 failed" in r.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["one_x4.png", "two_x4.png"]
+    r = invoke("upscale", str(tmp_path / "in" / "*.png"), "--model", model_file, "--steps", 1, "--out", tmp_path / "g")
+    assert "1 upscaled" in r.output  # one.png; broken.png fails
+    r = invoke("upscale", str(tmp_path / "nothing*.png"), "--model", model_file)
+    assert r.exit_code == 2 and "no files match" in r.output
