@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from diffgen.samplers import ddim_step, sample_ddim, sample_ddpm, timesteps
+from diffgen.samplers import SIGMA_MAX, Spacing, ddim_step, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_heun, timesteps
 from diffgen.schedule import make_schedule
 
 MU, STD = 0.5, 0.3  # the data distribution N(MU, STD²) per pixel
@@ -20,13 +20,30 @@ def gaussian_denoiser(schedule):
     return denoise
 
 
-def test_timesteps_descend_and_end_on_clean_data():
-    ts = timesteps(1000, 10)
-    assert ts[0] == 999 and ts[-2] == 0 and ts[-1] == -1
-    assert all(a > b for a, b in zip(ts, ts[1:]))
-    assert len(timesteps(1000, 1000)) == 1001
+@pytest.mark.parametrize("spacing", list(Spacing))
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_timesteps_descend_and_end_on_clean_data(spacing, kind):
+    s = make_schedule(kind, 1000)
+    for steps in (1, 5, 10, 50):
+        ts = timesteps(s, steps, spacing)
+        assert ts[-1] == -1 and 0 <= ts[-2] and ts[0] <= 999
+        assert all(a > b for a, b in zip(ts, ts[1:]))
+        assert len(ts) - 1 <= steps
+    assert timesteps(s, 10, Spacing.UNIFORM)[:2] == [999, 888] and timesteps(s, 10)[-2] == 0
+    assert timesteps(s, 10, Spacing.TRAILING)[:-1] == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    assert len(timesteps(s, 1000)) == 1001
     with pytest.raises(ValueError):
-        timesteps(1000, 1001)
+        timesteps(s, 1001)
+
+
+def test_karras_spacing_follows_the_noise_levels():
+    s = make_schedule("linear", 1000)
+    ts = timesteps(s, 20, Spacing.KARRAS)
+    sigma_first = ((1 - s.alpha_bar(ts[0])) / s.alpha_bar(ts[0])).sqrt()
+    assert sigma_first == pytest.approx(SIGMA_MAX, rel=0.02)  # capped: the linear schedule reaches ~157
+    assert ts[-2] == 0
+    gaps = [a - b for a, b in zip(ts[:-1], ts[1:-1])]
+    assert gaps[0] < gaps[len(gaps) // 2]  # EDM's ρ = 7 spends steps near both ends of σ
 
 
 def test_ddim_step_inverts_exactly():
@@ -91,10 +108,25 @@ def test_ddim_with_few_steps_is_the_exact_linear_map_for_gaussian_data():
     x = torch.randn(20_000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
     out = sample_ddim(gaussian_denoiser(s), x, s, 50)
     shrink = 1.0
-    ts = timesteps(1000, 50)
+    ts = timesteps(s, 50)
     for t, u in zip(ts[:-1], ts[1:]):
         ab_t, ab_u = s.alpha_bar(t).double(), s.alpha_bar(u).double()
         a_t, a_u, sig_t, sig_u = ab_t.sqrt(), ab_u.sqrt(), (1 - ab_t).sqrt(), (1 - ab_u).sqrt()
         shrink *= (a_u * a_t * STD**2 + sig_u * sig_t) / (ab_t * STD**2 + sig_t**2)
     assert out.std().item() == pytest.approx(float(shrink) * x.std().item(), rel=1e-4)
     assert out.std().item() < STD  # the discretisation error of few steps
+
+
+@pytest.mark.parametrize("solver", [sample_dpmpp_2m, sample_heun])
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_second_order_solvers_beat_ddim_at_equal_steps(solver, kind):
+    """On Gaussian data, 10 steps of a 2nd-order solver land closer to the exact ODE end point than DDIM."""
+    s = make_schedule(kind, 1000)
+    x = torch.randn(4_000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
+    exact = sample_ddim(gaussian_denoiser(s), x, s, 1000)
+    ddim_err = (sample_ddim(gaussian_denoiser(s), x, s, 10) - exact).abs().mean()
+    err = (solver(gaussian_denoiser(s), x, s, 10) - exact).abs().mean()
+    assert err < 0.6 * ddim_err
+    out = solver(gaussian_denoiser(s), x, s, 25)
+    assert out.mean().item() == pytest.approx(MU, abs=0.01)
+    assert out.std().item() == pytest.approx(STD, rel=0.04)

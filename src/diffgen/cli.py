@@ -36,6 +36,14 @@ class TaskOpt(str, Enum):
 class SamplerOpt(str, Enum):
     ddpm = "ddpm"
     ddim = "ddim"
+    dpmpp_2m = "dpm++2m"
+    heun = "heun"
+
+
+class SpacingOpt(str, Enum):
+    uniform = "uniform"
+    trailing = "trailing"
+    karras = "karras"
 
 
 class PredictionOpt(str, Enum):
@@ -219,6 +227,7 @@ def generate(
     seed: Annotated[int, typer.Option(help="Run seed; image i gets its own seed from it.")] = 0,
     steps: Annotated[int, typer.Option(help="Sampling steps.")] = 50,
     sampler: Annotated[SamplerOpt, typer.Option(help="Sampler.")] = SamplerOpt.ddim,
+    spacing: Annotated[Optional[SpacingOpt], typer.Option(help="Timestep spacing [default: the sampler's].")] = None,
     class_: Annotated[Optional[list[str]], typer.Option("--class", help="Class name or index; repeat for several; default: all in turn.")] = None,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance weight w; 0 is none.")] = 0.0,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
@@ -236,7 +245,7 @@ def generate(
     from diffgen.errors import OptionError  # noqa: PLC0415
     from diffgen.generate import check_outputs_free, class_index, generate_images, write_images  # noqa: PLC0415
     from diffgen.models import open_model  # noqa: PLC0415
-    from diffgen.samplers import Sampler  # noqa: PLC0415
+    from diffgen.samplers import Sampler, Spacing  # noqa: PLC0415
     from diffgen.train import pick_device  # noqa: PLC0415
 
     check_positive("--n", n)
@@ -255,9 +264,10 @@ def generate(
     with item_progress("generating", n) as advance:
         images = generate_images(
             loaded, n, classes=classes, seed=seed, steps=steps, sampler=Sampler(sampler.value),
-            guidance=guidance, batch_size=batch_size, callback=advance,
+            spacing=spacing and Spacing(spacing.value), guidance=guidance, batch_size=batch_size, callback=advance,
         )
-    info = {"model": loaded.path.name, "sampler": sampler.value, "steps": str(steps), "guidance": str(guidance), "run_seed": str(seed)}
+    info = {"model": loaded.path.name, "sampler": sampler.value, "spacing": spacing.value if spacing else "default",
+            "steps": str(steps), "guidance": str(guidance), "run_seed": str(seed)}
     paths = write_images(images, out, fmt=format, info=info, grid=grid)
     out_console_done(f"{len(paths)} images in {out}" + (f", grid {grid}" if grid else ""))
 

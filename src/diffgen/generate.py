@@ -6,7 +6,6 @@ run of 4 images is a prefix of the same run with 16 (EDM's per-seed generators, 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +14,11 @@ import torch
 from PIL import Image
 
 from diffgen.checkpoint import LoadedModel
+from diffgen.data import derived_seed
 from diffgen.denoiser import make_denoiser
 from diffgen.errors import ImageError, OptionError
 from diffgen.images import FORMATS, make_grid, save_image, tensor_to_pil
-from diffgen.samplers import Sampler, randn_like, sample
+from diffgen.samplers import Sampler, Spacing, randn_like, sample
 
 Progress = Callable[[int, int], None]  # (images done, total)
 
@@ -33,8 +33,7 @@ class Generated:
 
 def image_seed(run_seed: int, index: int) -> int:
     """The seed of image `index` of a run: a hash, so neighbouring runs share no images."""
-    digest = hashlib.blake2b(f"{run_seed}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
+    return derived_seed(run_seed, index)
 
 
 def class_index(spec_class_names: tuple[str, ...], name: str) -> int:
@@ -54,21 +53,23 @@ def sample_batch(
     *,
     steps: int,
     sampler: Sampler = Sampler.DDIM,
+    spacing: Spacing | None = None,
     guidance: float = 0.0,
     callback: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Sample one batch, image i from seeds[i] -> (B, C, H, W) in [-1, 1]."""
     spec, model = loaded.spec, loaded.model
     device = next(model.parameters()).device
+    schedule = spec.make_schedule()
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     shape = (len(seeds), spec.channels, spec.image_size, spec.image_size)
     x = randn_like(torch.empty(shape, device=device), generators)
     y = None if labels is None else torch.tensor(labels, device=device)
     denoise = make_denoiser(
-        model, spec.make_schedule(), spec.prediction, labels=y, guidance=guidance,
+        model, schedule, spec.prediction, labels=y, guidance=guidance,
         null_label=spec.unet.num_classes, clip=1.0,
     )
-    return sample(sampler, denoise, x, spec.make_schedule(), steps, generator=generators, callback=callback)
+    return sample(sampler, denoise, x, schedule, steps, spacing=spacing, generator=generators, callback=callback)
 
 
 def generate_images(
@@ -79,6 +80,7 @@ def generate_images(
     seed: int = 0,
     steps: int = 50,
     sampler: Sampler = Sampler.DDIM,
+    spacing: Spacing | None = None,
     guidance: float = 0.0,
     batch_size: int = 16,
     callback: Progress | None = None,
@@ -91,7 +93,7 @@ def generate_images(
         idx = list(range(start, min(n, start + batch_size)))
         seeds = [image_seed(seed, i) for i in idx]
         labels = [cycle[i % len(cycle)] for i in idx] if num_classes else None
-        batch = sample_batch(loaded, seeds, labels, steps=steps, sampler=sampler, guidance=guidance)
+        batch = sample_batch(loaded, seeds, labels, steps=steps, sampler=sampler, spacing=spacing, guidance=guidance)
         for j, i in enumerate(idx):
             results.append(Generated(tensor_to_pil(batch[j]), i, seeds[j], labels[j] if labels else None))
         if callback:

@@ -4,8 +4,14 @@ A denoiser is any callable `denoise(x_t, t) -> x0_pred` for an integer timestep 
 `denoiser.py` for the one built from a U-Net. Every sampler walks a descending list of timesteps that
 ends at -1 (the clean data, ᾱ = 1), one step for each consecutive pair (t, s).
 
-DDIM is Song et al. 2021, "Denoising Diffusion Implicit Models", eq. 12; with η = 1 its step is the
-DDPM ancestral step of Ho et al. 2020 on the (possibly respaced) chain, which is how `sample_ddpm` works.
+- DDIM: Song et al. 2021, "Denoising Diffusion Implicit Models", eq. 12; with η = 1 its step is the
+  DDPM ancestral step of Ho et al. 2020 on the (possibly respaced) chain, which is how `sample_ddpm` works.
+- DPM-Solver++(2M): Lu et al. 2022, "DPM-Solver++", Algorithm 2 (multistep, second order, data prediction).
+- Heun: Karras et al. 2022 ("EDM"), Algorithm 1 without churn, on the DDIM ODE in σ̃ = σ/α.
+- Spacing of the timesteps: uniform, trailing (Lin et al. 2024, "Common Diffusion Noise Schedules and
+  Sample Steps are Flawed") or Karras (EDM eq. 5, ρ = 7), all computed from the schedule's own T steps.
+
+Code names: ab = ᾱ, alpha = sqrt(ᾱ), sigma = sqrt(1 - ᾱ), lam = λ = log(alpha / sigma).
 """
 
 from __future__ import annotations
@@ -26,14 +32,45 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 class Sampler(str, Enum):
     DDPM = "ddpm"
     DDIM = "ddim"
+    DPMPP_2M = "dpm++2m"
+    HEUN = "heun"
 
 
-def timesteps(num_timesteps: int, steps: int) -> list[int]:
-    """`steps` evenly spaced timesteps from T-1 down to 0, followed by -1 (the clean data)."""
-    if not 1 <= steps <= num_timesteps:
-        raise ValueError(f"steps must be between 1 and {num_timesteps}, got {steps}")
-    ts = torch.linspace(num_timesteps - 1, 0, steps).round().long().tolist()
-    return ts + [-1]
+class Spacing(str, Enum):
+    UNIFORM = "uniform"
+    TRAILING = "trailing"
+    KARRAS = "karras"
+
+
+def timesteps(schedule: Schedule, steps: int, spacing: Spacing = Spacing.UNIFORM) -> list[int]:
+    """`steps` descending timesteps of the schedule, followed by -1 (the clean data)."""
+    T = schedule.num_timesteps
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be between 1 and {T}, got {steps}")
+    if spacing is Spacing.UNIFORM:
+        ts = torch.linspace(T - 1, 0, steps).round().long()
+    elif spacing is Spacing.TRAILING:
+        ts = (torch.arange(T, 0, -T / steps).round() - 1).long()[:steps]
+    else:
+        ts = karras_timesteps(schedule, steps)
+    return list(dict.fromkeys(ts.tolist())) + [-1]
+
+
+SIGMA_MAX = 80.0  # EDM's largest noise level; beyond it x_t is pure noise for any practical purpose
+
+
+def karras_timesteps(schedule: Schedule, steps: int, rho: float = 7.0) -> Tensor:
+    """Timesteps whose noise levels σ̃ = σ/α are spaced as in EDM eq. 5, mapped to the nearest timestep.
+
+    σ̃ is capped at SIGMA_MAX: a cosine schedule reaches σ̃ ~ 1e4, which would spend every step there.
+    """
+    log_sigmas = (((1 - schedule.alphas_cumprod) / schedule.alphas_cumprod).sqrt()).log()
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    hi = min(float(log_sigmas[-1].exp()), SIGMA_MAX) ** (1 / rho)
+    lo = log_sigmas[0].exp() ** (1 / rho)
+    targets = ((hi + ramp * (lo - hi)) ** rho).log()
+    # log σ̃ grows with t: find, for each target, the nearest timestep by its log σ̃.
+    return (log_sigmas[None, :] - targets[:, None]).abs().argmin(dim=1)
 
 
 def randn_like(x: Tensor, generator: Generators) -> Tensor:
@@ -48,12 +85,17 @@ def randn_like(x: Tensor, generator: Generators) -> Tensor:
     return noise.to(x.device, x.dtype)
 
 
+def eps_of(x: Tensor, x0: Tensor, ab: Tensor) -> Tensor:
+    """The noise ε implied by x_t = sqrt(ᾱ) x0 + sqrt(1 - ᾱ) ε."""
+    return (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+
+
 def ddim_step(x: Tensor, x0: Tensor, ab_t: Tensor, ab_s: Tensor, eta: float, noise: Tensor | None) -> Tensor:
     """One step from x_t to x_s (s < t) given the predicted x0 (DDIM eq. 12).
 
     Names: ab_t = ᾱ_t, ab_s = ᾱ_s, sigma = σ_t(η) of DDIM eq. 16.
     """
-    eps = (x - ab_t.sqrt() * x0) / (1 - ab_t).sqrt()
+    eps = eps_of(x, x0, ab_t)
     if eta == 0:
         # Deterministic, and valid for s > t too: then it is the DDIM inversion step.
         return ab_s.sqrt() * x0 + (1 - ab_s).sqrt() * eps
@@ -69,17 +111,18 @@ def sample_ddim(
     steps: int,
     *,
     eta: float = 0.0,
+    spacing: Spacing = Spacing.UNIFORM,
     generator: Generators = None,
     callback: Callback | None = None,
 ) -> Tensor:
     """Sample with DDIM; η = 0 is deterministic given the starting noise x."""
-    ts = timesteps(schedule.num_timesteps, steps)
+    ts = timesteps(schedule, steps, spacing)
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         x0 = denoise(x, t)
         noise = randn_like(x, generator) if eta > 0 and s >= 0 else None
         x = ddim_step(x, x0, schedule.alpha_bar(t), schedule.alpha_bar(s), eta, noise)
         if callback is not None:
-            callback(i + 1, steps)
+            callback(i + 1, len(ts) - 1)
     return x
 
 
@@ -89,6 +132,7 @@ def sample_ddpm(
     schedule: Schedule,
     steps: int | None = None,
     *,
+    spacing: Spacing = Spacing.UNIFORM,
     generator: Generators = None,
     callback: Callback | None = None,
 ) -> Tensor:
@@ -97,7 +141,87 @@ def sample_ddpm(
     With fewer steps than T this samples the respaced chain. DDIM with η = 1 is exactly this step.
     """
     steps = schedule.num_timesteps if steps is None else steps
-    return sample_ddim(denoise, x, schedule, steps, eta=1.0, generator=generator, callback=callback)
+    return sample_ddim(denoise, x, schedule, steps, eta=1.0, spacing=spacing, generator=generator, callback=callback)
+
+
+def sample_dpmpp_2m(
+    denoise: Denoise,
+    x: Tensor,
+    schedule: Schedule,
+    steps: int,
+    *,
+    spacing: Spacing = Spacing.KARRAS,
+    generator: Generators = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """DPM-Solver++(2M): a second-order multistep solver of the probability-flow ODE, one call per step.
+
+    Its extrapolation assumes steps of similar size in λ; Karras spacing keeps them so, while uniform
+    spacing makes the last steps jump in λ and the extrapolation overshoot (see the tests).
+    """
+    ts = timesteps(schedule, steps, spacing)
+    x0_prev, h_prev = None, None
+    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+        x0 = denoise(x, t)
+        if s < 0:
+            x = x0  # the last step lands on the data itself (first order, as λ_s = ∞)
+        else:
+            ab_t, ab_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
+            lam_t, lam_s = log_snr_half(ab_t), log_snr_half(ab_s)
+            h = lam_s - lam_t
+            d = x0
+            if x0_prev is not None:
+                r = h_prev / h
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev  # DPM-Solver++ eq. for D_i
+            # x_s = (σ_s/σ_t) x_t - α_s (e^{-h} - 1) D
+            x = ((1 - ab_s) / (1 - ab_t)).sqrt() * x - ab_s.sqrt() * torch.expm1(-h) * d
+            x0_prev, h_prev = x0, h
+        if callback is not None:
+            callback(i + 1, len(ts) - 1)
+    return x
+
+
+def log_snr_half(ab: Tensor) -> Tensor:
+    """λ = log(α / σ) = ½ log SNR."""
+    return 0.5 * (ab.log() - (1 - ab).log())
+
+
+def sample_heun(
+    denoise: Denoise,
+    x: Tensor,
+    schedule: Schedule,
+    steps: int,
+    *,
+    spacing: Spacing = Spacing.UNIFORM,
+    generator: Generators = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Heun's second-order method on the DDIM ODE: two denoiser calls per step, one on the last.
+
+    Steps that start above SIGMA_MAX stay first order: there the correction multiplies the ε error by σ̃.
+    """
+    ts = timesteps(schedule, steps, spacing)
+    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+        ab_t, ab_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
+        x0 = denoise(x, t)
+        # In y = x/α and σ̃ = σ/α the ODE is dy/dσ̃ = ε; an Euler step there is a DDIM step.
+        x_euler = ddim_step(x, x0, ab_t, ab_s, 0.0, None)
+        if s >= 0 and (1 - ab_t) / ab_t <= SIGMA_MAX**2:
+            eps_avg = 0.5 * (eps_of(x, x0, ab_t) + eps_of(x_euler, denoise(x_euler, s), ab_s))
+            y_s = x / ab_t.sqrt() + (((1 - ab_s) / ab_s).sqrt() - ((1 - ab_t) / ab_t).sqrt()) * eps_avg
+            x_euler = ab_s.sqrt() * y_s
+        x = x_euler
+        if callback is not None:
+            callback(i + 1, len(ts) - 1)
+    return x
+
+
+SAMPLERS = {
+    Sampler.DDPM: sample_ddpm,
+    Sampler.DDIM: sample_ddim,
+    Sampler.DPMPP_2M: sample_dpmpp_2m,
+    Sampler.HEUN: sample_heun,
+}
 
 
 def sample(
@@ -107,9 +231,10 @@ def sample(
     schedule: Schedule,
     steps: int,
     *,
+    spacing: Spacing | None = None,
     generator: Generators = None,
     callback: Callback | None = None,
 ) -> Tensor:
-    """Run the named sampler."""
-    fn = {Sampler.DDPM: sample_ddpm, Sampler.DDIM: sample_ddim}[Sampler(sampler)]
-    return fn(denoise, x, schedule, steps, generator=generator, callback=callback)
+    """Run the named sampler (with its own default spacing unless one is given)."""
+    extra = {} if spacing is None else {"spacing": Spacing(spacing)}
+    return SAMPLERS[Sampler(sampler)](denoise, x, schedule, steps, generator=generator, callback=callback, **extra)
