@@ -80,3 +80,21 @@ def test_epochs_set_the_number_of_steps(class_folder, tmp_path):
     train(config(class_folder, tmp_path / "r", epochs=2, max_steps=1000))
     steps = [json.loads(s)["step"] for s in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
     assert steps[-1] == 6
+
+
+def test_data_order_visits_every_image_once_per_epoch():
+    from itertools import chain
+
+    from diffgen.data import DataOrder
+
+    for n, batch in [(12, 4), (10, 3), (2, 5)]:
+        order = DataOrder(n, batch, seed=0)
+        flat = list(chain.from_iterable(order.indices(k).tolist() for k in range(3 * n)))
+        for epoch in range(len(flat) // n):
+            assert sorted(flat[epoch * n : (epoch + 1) * n]) == list(range(n))
+    assert not torch.equal(DataOrder(10, 10, 0).indices(0), DataOrder(10, 10, 0).indices(1))
+
+
+def test_upscaling_may_have_fewer_images_than_a_batch(photo_folder, tmp_path):
+    train(config(photo_folder, tmp_path / "r", task=Task.UPSCALE, image_size=32, batch_size=8, max_steps=1))
+    assert (tmp_path / "r" / "model.safetensors").is_file()

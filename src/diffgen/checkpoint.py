@@ -8,8 +8,6 @@ atomically (temporary file, fsync, rename) and read with safetensors only: no pi
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -22,6 +20,7 @@ from torch import Tensor
 
 from diffgen import __version__
 from diffgen.errors import CheckpointError
+from diffgen.files import atomic_write
 from diffgen.schedule import Prediction, Schedule, ScheduleKind, make_schedule
 from diffgen.unet import UNet, UNetConfig
 
@@ -73,26 +72,6 @@ class LoadedModel:
     spec: ModelSpec
     model: UNet
     path: Path
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves either the old file or the new one, never a mix."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save_model(path: Path, model: torch.nn.Module, spec: ModelSpec, *, half: bool = False) -> None:

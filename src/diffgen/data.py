@@ -182,19 +182,31 @@ def open_dataset(
 
 
 class DataOrder:
-    """Which images make up global micro-batch k: a fresh permutation of the data every epoch."""
+    """Which images make up global micro-batch k: the data in a fresh random order every epoch.
+
+    The epochs' permutations are laid end to end and cut into batches, so a batch may span two epochs
+    (or several, when there are fewer images than a batch, as upscaling crops allow).
+    """
 
     def __init__(self, n: int, batch: int, seed: int):
         self.n, self.batch, self.seed = n, batch, seed
-        self.per_epoch = n // batch
-        self._epoch, self._perm = -1, None
+        self._perms: dict[int, Tensor] = {}
+
+    def perm(self, epoch: int) -> Tensor:
+        if epoch not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.pop(min(self._perms))
+            g = torch.Generator().manual_seed(derived_seed(self.seed, epoch, 0))
+            self._perms[epoch] = torch.randperm(self.n, generator=g)
+        return self._perms[epoch]
 
     def indices(self, k: int) -> Tensor:
-        epoch, pos = divmod(k, self.per_epoch)
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(derived_seed(self.seed, epoch, 0))
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
-        return self._perm[pos * self.batch : (pos + 1) * self.batch]
+        start, stop = k * self.batch, (k + 1) * self.batch
+        parts = []
+        for epoch in range(start // self.n, (stop - 1) // self.n + 1):
+            lo, hi = max(start, epoch * self.n), min(stop, (epoch + 1) * self.n)
+            parts.append(self.perm(epoch)[lo - epoch * self.n : hi - epoch * self.n])
+        return torch.cat(parts)
 
 
 class FileImages(torch.utils.data.Dataset):

@@ -7,8 +7,8 @@ Writing is atomic and never replaces an existing file unless asked to.
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, PngImagePlugin
 from torch import Tensor
 
 from diffgen.errors import ImageError
+from diffgen.files import atomic_write
 
 DEFAULT_MAX_PIXELS = 256_000_000
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -141,28 +142,17 @@ def save_image(
     if fmt != "PNG":
         save_args["quality"] = quality
         if img.mode in GREY16:  # only PNG keeps 16 bits
-            img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8), "L")
+            img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8))
         if fmt == "JPEG" and img.mode not in ("L", "RGB"):
             img = img.convert("RGB")
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **save_args)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise ImageError(f"{path.parent}: cannot write here ({e.strerror}); choose another --out") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format=fmt, **save_args)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails if the file appeared meanwhile: nothing is replaced
+        atomic_write(path, buffer.getvalue(), overwrite=overwrite)
     except FileExistsError:
         raise ImageError(f"{path}: already exists; pass --overwrite to replace it or choose another --out") from None
     except OSError as e:
         raise ImageError(f"{path}: cannot write ({e.strerror}); free some space or choose another --out") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 GREY16 = ("I;16", "I;16B", "I;16L", "I")

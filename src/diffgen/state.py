@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import save as st_save
 
-from diffgen.checkpoint import ModelSpec, Task, atomic_write, read_safetensors
+from diffgen.checkpoint import ModelSpec, Task, read_safetensors
+from diffgen.files import atomic_write
 from diffgen.data import Crop
 from diffgen.errors import CheckpointError
 from diffgen.schedule import Prediction, ScheduleKind

@@ -24,11 +24,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from diffgen.checkpoint import LoadedModel, ModelSpec, Task, atomic_write, save_model
+from diffgen.checkpoint import LoadedModel, ModelSpec, Task, save_model
 from diffgen.data import (
     Crop, Dataset, DataOrder, FileImages, batch_generator, crop_at, downsample, open_dataset, random_flip, upsample,
 )
 from diffgen.errors import DataError, DiffgenError, OptionError, TrainingInterrupted
+from diffgen.files import atomic_write
 from diffgen.generate import sample_batch
 from diffgen.images import make_grid, save_image, tensor_to_pil, to_model_range
 from diffgen.schedule import Prediction, ScheduleKind, min_snr_weight, q_sample, target
@@ -304,8 +305,7 @@ def train(cfg: TrainConfig, *, callback: Callable[[Event], None] | None = None, 
     )
     check_data(data, cfg)
     if cfg.epochs:
-        per_epoch = len(data) // (cfg.batch_size // cfg.grad_accum) // cfg.grad_accum
-        cfg = replace(cfg, max_steps=max(1, cfg.epochs * per_epoch))
+        cfg = replace(cfg, max_steps=max(1, cfg.epochs * len(data) // cfg.batch_size))
     if data.skipped:
         notify(Note(f"skipped {len(data.skipped)} unreadable file(s)"))
     if data.images is None:
@@ -395,7 +395,8 @@ def check_run_dir(out: Path, data_dir: Path, resume: bool) -> None:
 
 
 def check_data(data: Dataset, cfg: TrainConfig) -> None:
-    if len(data) < cfg.batch_size // cfg.grad_accum:
+    # Upscaling draws many crops from each image, so only generation needs a batch of distinct images.
+    if cfg.task is Task.GENERATE and len(data) < cfg.batch_size // cfg.grad_accum:
         raise DataError(
             f"{cfg.data_dir}: {len(data)} image(s) is fewer than one batch; lower --batch-size or add images"
         )
