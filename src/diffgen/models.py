@@ -1,4 +1,4 @@
-"""Finding a model: a bundled name, a `.safetensors` file or a training run folder."""
+"""Finding a model: a bundled name, a `.safetensors` file, a training run folder or a Hub repo id."""
 
 from __future__ import annotations
 
@@ -33,14 +33,25 @@ def resolve(model: str | None, task: Task) -> Path:
         if not path.is_file():
             raise CheckpointError(f"{path}: the bundled model '{model}' is missing; reinstall diffgen or pass --model PATH")
         return path
+    # Hub repo ids (`user/name[@revision]`, not an existing local path) are fetched by hub.py, imported
+    # here because hub.py imports this module.
+    from diffgen import hub
+
+    if hub.is_repo_id(model):
+        return hub.hub_model_file(*hub.parse_repo(model))
     path = Path(model)
     if path.is_dir():
         path = path / "model.safetensors"
     if not path.exists():
         names = ", ".join(BUNDLED)
-        raise CheckpointError(f"{model}: no such model file or run folder; pass a .safetensors file, a run folder or one of: {names}")
+        raise CheckpointError(f"{model}: no such model file or run folder; pass a .safetensors file, a run folder, a Hub repo id (user/name) or one of: {names}")
     return path
 
 
 def open_model(model: str | None, task: Task, device: str = "cpu") -> LoadedModel:
     return load_model(resolve(model, task), task=task, device=device)
+
+
+def bundled_models() -> list[tuple[str, Path]]:
+    """The bundled models that are present, with their files."""
+    return [(name, weights_dir() / file) for name, (file, _) in BUNDLED.items() if (weights_dir() / file).is_file()]

@@ -1,0 +1,373 @@
+"""The Hugging Face Hub: models by repo id, exporting and pushing them, and saying what a model file is.
+
+`--model user/name[@revision]` fetches the repo's `model.safetensors` with huggingface_hub, through its
+cache (`HF_HOME`, `HF_HUB_CACHE`) and honouring `HF_HUB_OFFLINE=1`; a local path of the same name wins.
+`export_run` turns a run folder or model file into a folder ready for `hf upload`: the model file byte
+for byte, `config.json`, a model card (`README.md`) and the newest sample grid. `describe` (for
+`diffgen info`) and `model_identity` (for the text stored in generated PNGs) say where a file came from.
+
+huggingface_hub is imported inside the functions that talk to the Hub: it adds half a second to every
+start-up, and most runs never need it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import re
+import shlex
+import shutil
+import tempfile
+from pathlib import Path
+
+from diffgen import models
+from diffgen.checkpoint import (
+    LoadedModel,
+    ModelSpec,
+    Task,
+    read_safetensors,
+    spec_from_metadata,
+)
+from diffgen.errors import CheckpointError, DiffgenError, OptionError
+
+MODEL_FILE = "model.safetensors"
+# A user or repo name as the Hub allows it: letters, digits, `_`, `-` and `.`, starting and ending with
+# a letter, digit or `_`, with no `--` or `..` (the cache uses `--` to join user and name).
+NAME = re.compile(r"(?!.*(--|\.\.))[A-Za-z0-9_]([A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
+COLOURS = {1: "greyscale", 3: "RGB", 4: "RGBA"}
+
+
+def is_repo_id(text: str) -> bool:
+    """Whether a `--model` value names a Hub repo: `user/name[@revision]`, and not a local path.
+
+    `runs/digts` is a typo in a local run folder, not a repo, when the folder `runs` exists here:
+    treating it as a repo would make the user wait for the network to say no.
+    """
+    return looks_like_repo_id(text) and not Path(text).exists() and not Path(text.split("/")[0]).is_dir()
+
+
+def looks_like_repo_id(text: str) -> bool:
+    repo, at, revision = text.partition("@")
+    parts = repo.split("/")
+    return (
+        len(parts) == 2
+        and all(NAME.fullmatch(part) for part in parts)
+        and not repo.endswith((".safetensors", ".git"))  # a mistyped file path, not a repo
+        and (revision.strip() != "" or not at)
+    )
+
+
+def parse_repo(text: str) -> tuple[str, str | None]:
+    """`user/name@revision` -> ("user/name", "revision"); the revision is None when not given."""
+    if not looks_like_repo_id(text):
+        raise OptionError(f"{text}: not a Hub repo id; write it as user/name or user/name@revision")
+    repo_id, _, revision = text.partition("@")
+    return repo_id, revision or None
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as it is set now (huggingface_hub reads it once, when imported)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_cache() -> Path | None:
+    """The Hub cache the environment names now, in huggingface_hub's order; None leaves it to the library."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    return Path(os.environ["HF_HOME"]).expanduser() / "hub" if os.environ.get("HF_HOME") else None
+
+
+def hub_model_file(repo_id: str, revision: str | None = None) -> Path:
+    """The local path of a repo's model.safetensors: found in the Hub cache, or downloaded into it."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError
+
+    from diffgen import __version__
+
+    try:
+        path = hf_hub_download(
+            repo_id, MODEL_FILE, revision=revision, cache_dir=hub_cache(), local_files_only=hub_offline(),
+            library_name="diffgen", library_version=__version__,
+        )
+    except (EntryNotFoundError, HfHubHTTPError, *connection_errors()) as e:
+        raise download_error(e, repo_id, revision) from None
+    return Path(path)
+
+
+def download_error(e: Exception, repo_id: str, revision: str | None) -> CheckpointError:
+    """Why a download failed, and what to do about it."""
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    name = f"{repo_id}@{revision}" if revision else repo_id
+    download = f"`hf download {repo_id} {MODEL_FILE}" + (f" --revision {revision}`" if revision else "`")
+    if isinstance(e, LocalEntryNotFoundError):
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hub cannot be reached"
+        return CheckpointError(
+            f"{name}: no such local path, and not in the Hugging Face cache while {why}; "
+            f"run once online, or download it with {download}"
+        )
+    if isinstance(e, RepositoryNotFoundError):
+        return CheckpointError(
+            f"{name}: no such local path, and no such model repo on the Hub; check the name "
+            "(a private repo needs `hf auth login`)"
+        )
+    if isinstance(e, RevisionNotFoundError):
+        return CheckpointError(f"{name}: the repo has no revision '{revision}'; pass a branch, tag or commit it has")
+    if isinstance(e, EntryNotFoundError):
+        return CheckpointError(f"{name}: the repo has no {MODEL_FILE}, so it is not a diffgen model")
+    return CheckpointError(f"{name}: download failed ({first_line(e)}); check your connection and try again")
+
+
+def connection_errors() -> tuple[type[BaseException], ...]:
+    """What a failed connection raises: the HTTP client, and so its errors, depend on huggingface_hub's version."""
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]  # OfflineModeIsEnabled is a ConnectionError
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "RequestException")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def model_file(run_or_model: Path) -> Path:
+    """The model file of a run folder, or the file itself."""
+    path = Path(run_or_model)
+    path = path / MODEL_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such model file; pass a run folder or a .safetensors file")
+    return path
+
+
+def read_model_file(path: Path) -> tuple[ModelSpec, dict[str, str], int]:
+    """A model file's spec, metadata and parameter count, without building the network."""
+    tensors, metadata = read_safetensors(path)
+    return spec_from_metadata(path, metadata), metadata, sum(t.numel() for t in tensors.values())
+
+
+def newest_sample(run_or_model: Path) -> Path | None:
+    """The sample grid of the latest step in a run folder's samples/, if any."""
+    steps = {}
+    for png in (Path(run_or_model) / "samples").glob("step_*.png"):
+        if m := re.fullmatch(r"step_(\d+)\.png", png.name):
+            steps[int(m[1])] = png
+    return steps[max(steps)] if steps else None
+
+
+def export_run(run_or_model: Path, out_dir: Path, *, repo_id: str | None = None, license: str = "mit") -> Path:
+    """Write a folder ready for `hf upload`: the model file (byte for byte), config.json, README.md, samples.
+
+    `repo_id` is the repo the folder is meant for, used in the card's commands (default: a USER/NAME
+    placeholder). Refuses to write into a folder that is not empty.
+    """
+    source, out_dir = model_file(run_or_model), Path(out_dir)
+    spec, metadata, params = read_model_file(source)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise OptionError(f"{out_dir}: not an empty folder; export into a new or empty one")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, out_dir / MODEL_FILE)
+    config = {"format": metadata["format"], "format_version": int(metadata["format_version"]),
+              "diffgen_version": metadata.get("diffgen_version"), "spec": json.loads(spec.to_json())}
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    grid = newest_sample(run_or_model)
+    if grid is not None:
+        shutil.copyfile(grid, out_dir / "sample_grid.png")
+    card = model_card(spec, params, repo_id or "USER/NAME", license=license, grid=grid)
+    (out_dir / "README.md").write_text(card, encoding="utf-8")
+    return out_dir
+
+
+def card_metadata(spec: ModelSpec, license: str) -> str:
+    """The model card's YAML front matter, which the Hub reads for its search filters and widgets."""
+    from huggingface_hub import ModelCardData
+
+    if spec.task is Task.UPSCALE:
+        pipeline, kind = "image-to-image", "super-resolution"
+    else:
+        pipeline = "unconditional-image-generation"
+        kind = "class-conditional" if spec.class_names else pipeline
+    tags = ["diffgen", "diffusion", kind]
+    data = ModelCardData(library_name="diffgen", license=license, pipeline_tag=pipeline, tags=tags)
+    return f"---\n{data.to_yaml()}\n---\n"
+
+
+def model_card(spec: ModelSpec, params: int, repo_id: str, *, license: str, grid: Path | None) -> str:
+    """README.md for the Hub: what the model does, how it was trained, samples, and how to use it."""
+    lines = [card_metadata(spec, license), f"# {repo_id}", "", summary(spec), "", "| | |", "| --- | --- |"]
+    lines += [f"| {key} | {value} |" for key, value in facts(spec, params).items()]
+    lines += training_lines(spec.extra) + metrics_lines(spec.extra.get("metrics"))
+    if grid is not None:
+        lines += ["", "## Samples", "", f"![Samples after {int(grid.stem[5:])} training steps](sample_grid.png)"]
+    lines += ["", "## Usage", "", "With diffgen installed:", "", "```sh", usage(spec, repo_id), "```", ""]
+    return "\n".join(lines)
+
+
+def training_lines(extra: dict) -> list[str]:
+    """The card's training section, from the provenance `diffgen train` stores in the spec."""
+    if not (extra.get("data") or extra.get("command")):
+        return []
+    lines = ["", "## Training"]
+    if extra.get("data"):
+        count = f" ({extra['images']} images)" if "images" in extra else ""
+        lines += ["", f"Data: `{extra['data']}`{count}."]
+    if extra.get("command"):
+        lines += ["", "Command:", "", "```sh", str(extra["command"]), "```"]
+    return lines
+
+
+def metrics_lines(metrics) -> list[str]:
+    """The card's metrics section: a table of a dict of metrics, or the text as it is."""
+    if not metrics:
+        return []
+    if not isinstance(metrics, dict):
+        return ["", "## Metrics", "", str(metrics)]
+    rows = [f"| {name} | {value} |" for name, value in metrics.items()]
+    return ["", "## Metrics", "", "| metric | value |", "| --- | --- |", *rows]
+
+
+def summary(spec: ModelSpec) -> str:
+    colour = COLOURS.get(spec.channels, f"{spec.channels}-channel")
+    if spec.task is Task.UPSCALE:
+        return (f"A diffgen diffusion model that upscales {colour} images "
+                f"x{spec.scale} (super-resolution), trained on {spec.image_size}×{spec.image_size} crops.")
+    of = f" of {len(spec.class_names)} classes" if spec.class_names else ""
+    return f"A diffgen diffusion model that generates {spec.image_size}×{spec.image_size} {colour} images{of}."
+
+
+def facts(spec: ModelSpec, params: int) -> dict[str, str]:
+    """The card's table: what a user needs to know to pick the model."""
+    task = f"upscale x{spec.scale}" if spec.task is Task.UPSCALE else "generate"
+    channels = f"{spec.channels} channel" + ("s" if spec.channels > 1 else "")
+    colour = f"{COLOURS[spec.channels]} ({channels})" if spec.channels in COLOURS else channels
+    table = {"task": task, "image size": f"{spec.image_size}×{spec.image_size}, {colour}"}
+    if spec.class_names:
+        table["classes"] = ", ".join(f"`{name}`" for name in spec.class_names)
+    table["parameters"] = f"{params:,}"
+    table["training steps"] = f"{spec.train_steps:,}"
+    table["diffusion"] = f"{spec.schedule.value} schedule, {spec.num_timesteps} steps, predicts {spec.prediction.value}"
+    return table
+
+
+def usage(spec: ModelSpec, model: str) -> str:
+    """The command that uses the model named `model` (a --model value)."""
+    model = shlex.quote(model)
+    if spec.task is Task.UPSCALE:
+        return f"diffgen upscale photo.png --model {model}"
+    one_class = f" --class {shlex.quote(spec.class_names[0])}" if spec.class_names else ""
+    return f"diffgen generate --model {model} --n 16{one_class} --out generated/"
+
+
+def push(
+    run_or_model: Path, repo_id: str, *, token: str | None = None, private: bool = False, license: str = "mit"
+) -> str:
+    """Export a run or model file and upload it to a Hub model repo, made if need be; returns the repo's URL."""
+    repo_id, revision = parse_repo(repo_id)
+    if revision:
+        raise OptionError(f"{repo_id}@{revision}: push to a repo id without @revision")
+    if hub_offline():
+        raise DiffgenError(f"{repo_id}: cannot push while HF_HUB_OFFLINE is set; unset it and try again")
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import HfHubHTTPError, LocalTokenNotFoundError
+
+    with tempfile.TemporaryDirectory(prefix="diffgen-push-") as tmp:
+        folder = export_run(run_or_model, Path(tmp) / "export", repo_id=repo_id, license=license)
+        api = HfApi(token=token)
+        try:
+            url = api.create_repo(repo_id, private=private, exist_ok=True)
+            api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Upload diffgen model")
+        except LocalTokenNotFoundError:
+            raise DiffgenError(f"{repo_id}: not logged in to the Hub; run `hf auth login` or pass a token") from None
+        except HfHubHTTPError as e:
+            fix = "check the repo name and that your token may write to it"
+            raise DiffgenError(f"{repo_id}: the Hub refused the upload ({first_line(e)}); {fix}") from None
+        except connection_errors() as e:
+            fix = "check your connection and try again"
+            raise DiffgenError(f"{repo_id}: cannot reach the Hugging Face Hub ({first_line(e)}); {fix}") from None
+    return str(url)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def bundled_name(path: Path) -> str | None:
+    """The name of a bundled model, if `path` is one."""
+    for name, (file, _) in models.BUNDLED.items():
+        if Path(path).resolve() == (models.weights_dir() / file).resolve():
+            return name
+    return None
+
+
+def hub_origin(path: Path) -> dict[str, str] | None:
+    """Repo id, revision and commit of a file in the Hub cache: .../models--user--name/snapshots/<commit>/FILE."""
+    parts = Path(path).absolute().parts
+    for i, part in enumerate(parts[:-3]):
+        if part.startswith("models--") and parts[i + 1] == "snapshots":
+            repo_dir, commit = Path(*parts[: i + 1]), parts[i + 2]
+            repo_id = part.removeprefix("models--").replace("--", "/")
+            return {"model": repo_id, "revision": ref_name(repo_dir, commit), "commit": commit}
+    return None
+
+
+def ref_name(repo_dir: Path, commit: str) -> str:
+    """The branch or tag that points at `commit` in the cache (main first), or the commit itself."""
+    refs = repo_dir / "refs"
+    names = sorted(str(f.relative_to(refs)) for f in refs.rglob("*") if f.is_file() and f.read_text().strip() == commit)
+    return "main" if "main" in names else (names[0] if names else commit)
+
+
+def model_identity(path: Path) -> dict[str, str]:
+    """What to record about a model in a PNG: bundled name; repo id, revision and commit; or file name and sha256."""
+    source = origin(path)
+    if source.pop("source") == "file":
+        return {"model": Path(path).name, "sha256": file_sha256(path)[:12]}
+    return source
+
+
+def model_arg(origin: dict[str, str]) -> str:
+    """The --model value that names a model again."""
+    revision = origin.get("revision", "main")
+    return origin["model"] if revision == "main" else f"{origin['model']}@{revision}"
+
+
+def origin(path: Path) -> dict[str, str]:
+    """Where a model file came from: a bundled name, a Hub repo (revision, commit), or a file path."""
+    if name := bundled_name(path):
+        return {"source": "bundled", "model": name}
+    hub = hub_origin(path)
+    return {"source": "hub", **hub} if hub else {"source": "file", "model": str(path)}
+
+
+def describe(path_or_loaded: Path | LoadedModel) -> dict:
+    """What `diffgen info` shows: what a model does, how it was made, where it came from, how to use it.
+
+    Takes a model file, a run folder or a loaded model.
+    """
+    path = model_file(path_or_loaded.path if isinstance(path_or_loaded, LoadedModel) else path_or_loaded)
+    spec, metadata, params = read_model_file(path)
+    source = origin(path)
+    return {
+        **source, "path": str(path), "size_bytes": path.stat().st_size, "sha256": file_sha256(path),
+        "task": spec.task.value, "scale": spec.scale, "image_size": spec.image_size, "channels": spec.channels,
+        "classes": list(spec.class_names), "parameters": params, "train_steps": spec.train_steps,
+        "data": spec.extra.get("data"), "train_command": spec.extra.get("command"),
+        "metrics": spec.extra.get("metrics"), "diffgen_version": metadata.get("diffgen_version"),
+        "config": {"schedule": spec.schedule.value, "num_timesteps": spec.num_timesteps,
+                   "prediction": spec.prediction.value, "unet": spec.unet.to_dict()},
+        "usage": usage(spec, model_arg(source)),
+    }

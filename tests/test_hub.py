@@ -1,0 +1,239 @@
+"""Hub repo ids, export, push and describe, against a hand-made Hub cache: nothing here touches the network."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard, scan_cache_dir
+from PIL import Image
+
+from diffgen import hub, models
+from diffgen.checkpoint import ModelSpec, Task, load_model, save_model
+from diffgen.errors import CheckpointError, DiffgenError, OptionError
+from diffgen.generate import generate_images
+from diffgen.models import open_model, resolve
+from diffgen.unet import UNet, preset
+
+COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
+EXTRA = {"data": "data/blobs", "images": 12, "command": "diffgen train data/blobs --out runs/blobs",
+         "metrics": {"loss": 0.031}}
+
+
+def tiny_model(tmp_path: Path, name: str, *, seed: int = 0, task: Task = Task.GENERATE) -> Path:
+    """A tiny model file with non-zero weights everywhere, so round trips are real tests."""
+    torch.manual_seed(seed)
+    if task is Task.GENERATE:
+        unet, classes, scale = preset("tiny", num_classes=2), ("red", "blue"), 1
+    else:
+        unet, classes, scale = preset("tiny", cond_channels=3, pixel_shuffle=4), (), 4
+    model = UNet(unet)
+    for p in model.parameters():
+        p.data.normal_(0, 0.02)
+    spec = ModelSpec(unet=unet, task=task, scale=scale, image_size=16, class_names=classes, train_steps=100 + seed,
+                     extra=EXTRA)
+    path = tmp_path / name
+    save_model(path, model, spec)
+    return path
+
+
+def tiny_run(tmp_path: Path, **kwargs) -> Path:
+    """A run folder: model.safetensors and sample grids at steps 50 and 100."""
+    run = tmp_path / "run"
+    (run / "samples").mkdir(parents=True)
+    tiny_model(run, "model.safetensors", **kwargs)
+    for step, grey in ((50, 10), (100, 200)):
+        Image.fromarray(np.full((8, 8, 3), grey, np.uint8)).save(run / "samples" / f"step_{step:06d}.png")
+    return run
+
+
+def put_in_cache(hf_home: Path, repo_id: str, folder: Path, commit: str, refs: tuple[str, ...] = ("main",)) -> None:
+    """Lay a folder out as one commit of a repo in the Hub cache, as huggingface_hub does: blobs, refs, snapshots."""
+    repo_dir = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    for file in folder.iterdir():
+        blob = repo_dir / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, blob)
+        link = repo_dir / "snapshots" / commit / file.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path("../../blobs") / blob.name)
+    for ref in refs:
+        (repo_dir / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+        (repo_dir / "refs" / ref).write_text(commit)
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch) -> Path:
+    """An empty Hub cache in HF_HOME, offline, with the working folder elsewhere."""
+    hf_home = tmp_path / "hf"
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return hf_home
+
+
+@pytest.mark.parametrize("text, repo", [
+    ("user/name", ("user/name", None)),
+    ("user/name@v1.0", ("user/name", "v1.0")),
+    ("User_1/my-model.v2@" + COMMIT_A, ("User_1/my-model.v2", COMMIT_A)),
+    ("user/name@refs/pr/1", ("user/name", "refs/pr/1")),
+])
+def test_repo_ids_parse(text, repo, offline_hub):
+    assert hub.is_repo_id(text)
+    assert hub.parse_repo(text) == repo
+
+
+@pytest.mark.parametrize("text", [
+    "digits", "user/name/extra", "/abs/path", "./user/name", "user/", "/name", "user/name@", "user/na--me",
+    "user/na..me", "-user/name", "user/name-", "user/model.safetensors", "us er/name", "user\\name",
+])
+def test_other_values_are_not_repo_ids(text, offline_hub):
+    assert not hub.is_repo_id(text)
+    with pytest.raises(OptionError, match="user/name@revision"):
+        hub.parse_repo(text)
+
+
+def test_local_path_wins_over_repo_id(offline_hub):
+    tiny_model(Path("."), "x.safetensors")
+    Path("user/name").mkdir(parents=True)
+    shutil.move("x.safetensors", "user/name/model.safetensors")
+    assert hub.looks_like_repo_id("user/name") and not hub.is_repo_id("user/name")
+    assert resolve("user/name", Task.GENERATE) == Path("user/name/model.safetensors")
+
+
+def test_export_then_load_by_repo_id_gives_identical_outputs(tmp_path, offline_hub):
+    run = tiny_run(tmp_path)
+    out = hub.export_run(run, tmp_path / "export", repo_id="user/name")
+    assert (out / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+    put_in_cache(offline_hub, "user/name", out, COMMIT_A)
+    cache = scan_cache_dir(offline_hub / "hub")  # huggingface_hub reads the hand-made cache as its own
+    assert [repo.repo_id for repo in cache.repos] == ["user/name"] and not cache.warnings
+
+    loaded = open_model("user/name", Task.GENERATE)
+    original = load_model(run / "model.safetensors")
+    assert loaded.path.parent.name == COMMIT_A and loaded.spec == original.spec
+    x, t, y = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([5, 800]), torch.tensor([0, 1])
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x, t, y), original.model(x, t, y))
+    images = [np.asarray(g.image) for g in generate_images(loaded, 2, steps=1)]
+    expected = [np.asarray(g.image) for g in generate_images(original, 2, steps=1)]
+    assert all(np.array_equal(a, b) for a, b in zip(images, expected))
+
+
+def test_revisions_resolve_to_their_commits(tmp_path, offline_hub):
+    for seed, commit, refs in ((0, COMMIT_A, ("main",)), (1, COMMIT_B, ("v1",))):
+        hub.export_run(tiny_model(tmp_path, f"m{seed}.safetensors", seed=seed), tmp_path / f"e{seed}")
+        put_in_cache(offline_hub, "user/name", tmp_path / f"e{seed}", commit, refs)
+    assert open_model("user/name", Task.GENERATE).spec.train_steps == 100
+    assert open_model("user/name@v1", Task.GENERATE).spec.train_steps == 101
+    assert open_model(f"user/name@{COMMIT_A}", Task.GENERATE).spec.train_steps == 100
+    path = resolve("user/name@v1", Task.GENERATE)
+    assert hub.model_identity(path) == {"model": "user/name", "revision": "v1", "commit": COMMIT_B}
+    with pytest.raises(CheckpointError, match=r"user/name@v2: .*HF_HUB_OFFLINE.*--revision v2"):
+        open_model("user/name@v2", Task.GENERATE)
+
+
+def test_offline_and_not_cached_names_the_repo_and_the_fix(offline_hub):
+    with pytest.raises(CheckpointError) as e:
+        open_model("someone/missing", Task.GENERATE)
+    message = str(e.value)
+    assert message.startswith("someone/missing: ")
+    assert "HF_HUB_OFFLINE is set" in message
+    assert "run once online, or download it with `hf download someone/missing model.safetensors`" in message
+
+
+def test_card_config_and_sample_grid(tmp_path, offline_hub):
+    run = tiny_run(tmp_path)
+    out = hub.export_run(run, tmp_path / "export", repo_id="user/name", license="apache-2.0")
+    card = ModelCard((out / "README.md").read_text(encoding="utf-8"))
+    assert card.data.library_name == "diffgen"
+    assert card.data.license == "apache-2.0"
+    assert card.data.pipeline_tag == "unconditional-image-generation"
+    assert card.data.tags == ["diffgen", "diffusion", "class-conditional"]
+    params = sum(p.numel() for p in load_model(run / "model.safetensors").model.parameters())
+    for text in (f"{params:,}", "`red`, `blue`", "16×16, RGB (3 channels)", "data/blobs", EXTRA["command"], "| loss | 0.031 |",
+                 "after 100 training steps](sample_grid.png)", "diffgen generate --model user/name --n 16 --class red"):
+        assert text in card.text
+    assert (out / "sample_grid.png").read_bytes() == (run / "samples" / "step_000100.png").read_bytes()
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config["format"] == "diffgen" and config["format_version"] == 1 and config["diffgen_version"]
+    assert ModelSpec.from_json(json.dumps(config["spec"])) == load_model(run / "model.safetensors").spec
+
+
+def test_upscale_card(tmp_path, offline_hub):
+    path = tiny_model(tmp_path, "sr.safetensors", task=Task.UPSCALE)
+    out = hub.export_run(path, tmp_path / "export")
+    card = ModelCard((out / "README.md").read_text(encoding="utf-8"))
+    assert (card.data.pipeline_tag, card.data.license) == ("image-to-image", "mit")
+    assert "super-resolution" in card.data.tags
+    assert "diffgen upscale photo.png --model USER/NAME" in card.text
+    assert not (out / "sample_grid.png").exists()
+
+
+def test_export_refuses_a_non_empty_folder(tmp_path):
+    model = tiny_model(tmp_path, "m.safetensors")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("keep me")
+    with pytest.raises(OptionError, match="full: not an empty folder"):
+        hub.export_run(model, tmp_path / "full")
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["notes.txt"]
+    (tmp_path / "empty").mkdir()
+    assert (hub.export_run(model, tmp_path / "empty") / "model.safetensors").is_file()
+
+
+def test_push_offline_is_a_clear_error(tmp_path, offline_hub):
+    with pytest.raises(DiffgenError, match="user/name: cannot push while HF_HUB_OFFLINE is set"):
+        hub.push(tiny_run(tmp_path), "user/name")
+
+
+def test_push_without_a_connection_is_a_clear_error(tmp_path, monkeypatch):
+    class NoConnection:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, *args, **kwargs):
+            raise ConnectionError("Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.HfApi", NoConnection)
+    with pytest.raises(DiffgenError, match="user/name: cannot reach the Hugging Face Hub .*check your connection"):
+        hub.push(tiny_run(tmp_path), "user/name")
+
+
+def test_describe_a_file_and_a_hub_model(tmp_path, offline_hub):
+    run = tiny_run(tmp_path)
+    info = hub.describe(run / "model.safetensors")
+    data = (run / "model.safetensors").read_bytes()
+    params = sum(p.numel() for p in load_model(run / "model.safetensors").model.parameters())
+    assert info["source"] == "file" and info["model"] == str(run / "model.safetensors")
+    assert (info["size_bytes"], info["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+    assert (info["task"], info["scale"], info["image_size"], info["channels"]) == ("generate", 1, 16, 3)
+    assert (info["classes"], info["parameters"], info["train_steps"]) == (["red", "blue"], params, 100)
+    assert (info["data"], info["train_command"], info["metrics"]) == ("data/blobs", EXTRA["command"], EXTRA["metrics"])
+    assert info["usage"] == f"diffgen generate --model {run / 'model.safetensors'} --n 16 --class red --out generated/"
+    assert hub.describe(run) == info  # a run folder is described by its model file
+    assert hub.model_identity(run / "model.safetensors") == {"model": "model.safetensors", "sha256": info["sha256"][:12]}
+
+    put_in_cache(offline_hub, "user/name", hub.export_run(run, tmp_path / "export"), COMMIT_A)
+    loaded = open_model("user/name", Task.GENERATE)
+    info = hub.describe(loaded)
+    assert {k: info[k] for k in ("source", "model", "revision", "commit")} == {
+        "source": "hub", "model": "user/name", "revision": "main", "commit": COMMIT_A}
+    assert info["usage"].startswith("diffgen generate --model user/name --n 16")
+
+
+def test_bundled_models_are_named(tmp_path, monkeypatch):
+    tiny_model(tmp_path, "digits.safetensors")
+    monkeypatch.setattr(models, "weights_dir", lambda: tmp_path)
+    path = resolve("digits", Task.GENERATE)
+    assert hub.model_identity(path) == {"model": "digits"}
+    info = hub.describe(path)
+    assert (info["source"], info["model"]) == ("bundled", "digits")
+    assert info["usage"].startswith("diffgen generate --model digits ")
