@@ -120,3 +120,25 @@ def test_help_is_quick_and_lists_commands():
     assert r.exit_code == 0
     for cmd in ("train", "generate", "upscale"):
         assert cmd in r.output
+
+
+def test_info_export_and_push_commands(generator_run, tmp_path, monkeypatch):
+    r = invoke("info", generator_run)
+    assert r.exit_code == 0, r.output
+    for needle in ("parameters", "train_steps", "usage", "diffgen generate"):
+        assert needle in r.output
+    r = invoke("export", generator_run, tmp_path / "hub", "--repo-id", "me/tiny")
+    assert r.exit_code == 0, r.output
+    assert {p.name for p in (tmp_path / "hub").iterdir()} >= {"model.safetensors", "config.json", "README.md"}
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = invoke("push", generator_run, "me/tiny")
+    assert r.exit_code == 1 and "offline" in r.output.lower() and "Traceback" not in r.output
+
+
+def test_generated_pngs_record_the_model_and_settings(generator_run, tmp_path):
+    r = invoke("generate", "--model", generator_run, "--n", 1, "--out", tmp_path, "--steps", 2, "--sampler", "dpm++2m")
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "00000.png") as img:
+        text = img.text
+    assert text["model"] == "model.safetensors" and len(text["sha256"]) == 12
+    assert (text["sampler"], text["steps"], text["class_name"]) == ("dpm++2m", "2", "blue")

@@ -153,3 +153,12 @@ def test_folders_globs_and_a_bad_file_in_a_batch(model_file, tmp_path):
     assert "1 upscaled" in r.output  # one.png; broken.png fails
     r = invoke("upscale", str(tmp_path / "nothing*.png"), "--model", model_file)
     assert r.exit_code == 2 and "no files match" in r.output
+
+
+def test_eval_upscale_prints_a_table_with_both_methods(model_file, tmp_path):
+    smooth_image(48, 40).save(tmp_path / "a.png")
+    smooth_image(44, 36, seed=1).save(tmp_path / "b.png")
+    r = invoke("eval-upscale", tmp_path, "--model", model_file, "--steps", 1)
+    assert r.exit_code == 0, r.output
+    for needle in ("a.png", "b.png", "mean", "bicubic PSNR", "diffgen SSIM"):
+        assert needle in r.output

@@ -8,6 +8,7 @@ an exit code. torch is imported only inside commands, so `diffgen --help` starts
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from enum import Enum
@@ -244,6 +245,7 @@ def generate(
     from diffgen.checkpoint import Task  # noqa: PLC0415
     from diffgen.errors import OptionError  # noqa: PLC0415
     from diffgen.generate import check_outputs_free, class_index, generate_images, write_images  # noqa: PLC0415
+    from diffgen.hub import model_identity  # noqa: PLC0415
     from diffgen.models import open_model  # noqa: PLC0415
     from diffgen.samplers import Sampler, Spacing  # noqa: PLC0415
     from diffgen.train import pick_device  # noqa: PLC0415
@@ -266,9 +268,10 @@ def generate(
             loaded, n, classes=classes, seed=seed, steps=steps, sampler=Sampler(sampler.value),
             spacing=spacing and Spacing(spacing.value), guidance=guidance, batch_size=batch_size, callback=advance,
         )
-    info = {"model": loaded.path.name, "sampler": sampler.value, "spacing": spacing.value if spacing else "default",
-            "steps": str(steps), "guidance": str(guidance), "run_seed": str(seed)}
-    paths = write_images(images, out, fmt=format, info=info, grid=grid)
+    settings = {**model_identity(loaded.path), "sampler": sampler.value,
+                "spacing": spacing.value if spacing else "default", "steps": str(steps), "guidance": str(guidance),
+                "run_seed": str(seed)}
+    paths = write_images(images, out, fmt=format, info=settings, class_names=loaded.spec.class_names, grid=grid)
     out_console_done(f"{len(paths)} images in {out}" + (f", grid {grid}" if grid else ""))
 
 
@@ -359,6 +362,46 @@ def upscale(
     out_console_done(summary)
 
 
+@app.command("eval-upscale")
+@run_command
+def eval_upscale(
+    hr_dir: Annotated[Path, typer.Argument(help="Folder of high-resolution images to score against.")],
+    model: Annotated[Optional[str], typer.Option(help="Bundled name, .safetensors file or run folder [default: upscale-x4].")] = None,
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 4,
+    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    tile: Annotated[Optional[int], typer.Option(help="Tile side in input pixels [default: automatic].")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
+) -> None:
+    """Downsample each image, upscale it back, and score diffgen and bicubic (PSNR/SSIM on Y).
+
+    Examples:
+      diffgen eval-upscale data/heldout
+      diffgen eval-upscale photos/ --model runs/sr --steps 10
+    """
+    from rich.table import Table  # noqa: PLC0415
+
+    from diffgen.checkpoint import Task  # noqa: PLC0415
+    from diffgen.data import find_images  # noqa: PLC0415
+    from diffgen.metrics import evaluate, mean_row  # noqa: PLC0415
+    from diffgen.models import open_model  # noqa: PLC0415
+    from diffgen.train import pick_device  # noqa: PLC0415
+    from diffgen.upscale import upscale_image  # noqa: PLC0415
+
+    check_positive("--steps", steps)
+    loaded = open_model(model, Task.UPSCALE, pick_device(device))
+    files, _, _ = find_images(hr_dir)
+    with item_progress("scoring", len(files)) as advance:
+        rows = evaluate(lambda lr: upscale_image(loaded, lr, tile=tile, steps=steps, seed=seed)[0],
+                        files, loaded.spec.scale, callback=advance)
+    table = Table(title=f"x{loaded.spec.scale} on {hr_dir}: PSNR (dB) and SSIM on Y, {steps} steps")
+    for col in ("image", "bicubic PSNR", "diffgen PSNR", "gain", "bicubic SSIM", "diffgen SSIM", "seconds"):
+        table.add_column(col, justify="left" if col == "image" else "right", no_wrap=True)
+    for row in rows + [mean_row(rows)]:
+        table.add_row(row.name, f"{row.bicubic.psnr:.2f}", f"{row.model.psnr:.2f}", f"{row.model.psnr - row.bicubic.psnr:+.2f}",
+                      f"{row.bicubic.ssim:.4f}", f"{row.model.ssim:.4f}", f"{row.seconds:.1f}")
+    print_table(table)
+
+
 class BatchProgress:
     """Two rich bars, images and the current image's tiles, with ETA; plain lines when not a terminal."""
 
@@ -389,6 +432,107 @@ class BatchProgress:
 
     def print(self, message: str) -> None:
         err.print(message, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@run_command
+def models() -> None:
+    """List the bundled models with their task, classes and size.
+
+    Examples:
+      diffgen models
+    """
+    from rich.table import Table  # noqa: PLC0415
+
+    from diffgen.checkpoint import load_model  # noqa: PLC0415
+    from diffgen.models import bundled_models, default_model  # noqa: PLC0415
+
+    table = Table(title="bundled models (use with --model NAME)")
+    for col in ("name", "task", "image", "classes", "parameters", "file"):
+        table.add_column(col)
+    for name, path in bundled_models():
+        loaded = load_model(path)
+        spec = loaded.spec
+        params = sum(p.numel() for p in loaded.model.parameters())
+        task = spec.task.value + (f" x{spec.scale}" if spec.scale > 1 else "")
+        default = " (default)" if name == default_model(spec.task) else ""
+        classes = ", ".join(spec.class_names) or "-"
+        image = f"{spec.image_size}px, {spec.channels} ch"
+        table.add_row(name + default, task, image, classes, f"{params / 1e6:.2f} M", f"{path.stat().st_size / 1e6:.1f} MB")
+    print_table(table)
+
+
+@app.command()
+@run_command
+def info(
+    model: Annotated[str, typer.Argument(help="Bundled name, .safetensors file, run folder or Hub repo id.")],
+) -> None:
+    """Show what a model does, how it was trained, where it came from and how to use it.
+
+    Examples:
+      diffgen info digits
+      diffgen info runs/digits
+      diffgen info user/name@main
+    """
+    from rich.table import Table  # noqa: PLC0415
+
+    from diffgen.checkpoint import Task  # noqa: PLC0415
+    from diffgen.hub import describe  # noqa: PLC0415
+    from diffgen.models import resolve  # noqa: PLC0415
+
+    facts = describe(resolve(model, Task.GENERATE))
+    table = Table(show_header=False, title=f"model {model}")
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for key, value in facts.items():
+        table.add_row(key, value if isinstance(value, str) else json.dumps(value))
+    print_table(table)
+
+
+@app.command()
+@run_command
+def export(
+    run: Annotated[Path, typer.Argument(help="Run folder or model .safetensors file.")],
+    out_dir: Annotated[Path, typer.Argument(help="New folder to write the Hub-ready files into.")],
+    repo_id: Annotated[Optional[str], typer.Option(help="The repo it is meant for (used in the card's commands).")] = None,
+    license: Annotated[str, typer.Option(help="License in the model card.")] = "mit",
+) -> None:
+    """Write a folder ready for `hf upload`: model, config.json, model card and sample grid.
+
+    Examples:
+      diffgen export runs/digits hub/digits --repo-id me/diffgen-digits
+    """
+    from diffgen.hub import export_run  # noqa: PLC0415
+
+    folder = export_run(run, out_dir, repo_id=repo_id, license=license)
+    out_console_done(f"exported to {folder}; upload with: hf upload {repo_id or 'USER/NAME'} {folder}")
+
+
+@app.command()
+@run_command
+def push(
+    run: Annotated[Path, typer.Argument(help="Run folder or model .safetensors file.")],
+    repo_id: Annotated[str, typer.Argument(help="Hub model repo, user/name (created if missing).")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
+    license: Annotated[str, typer.Option(help="License in the model card.")] = "mit",
+) -> None:
+    """Export a run and upload it to the Hugging Face Hub (needs a network and `hf auth login`).
+
+    Examples:
+      diffgen push runs/digits me/diffgen-digits
+    """
+    from diffgen.hub import push as push_to_hub  # noqa: PLC0415
+
+    url = push_to_hub(run, repo_id, private=private, license=license)
+    out_console_done(f"uploaded to {url}")
+
+
+def print_table(table) -> None:
+    """Print a table whole: off a terminal (pipes, CI) there is no width to fit, so do not squeeze it."""
+    if out.is_terminal:
+        out.print(table)
+    else:
+        Console(width=200).print(table)
 
 
 def main() -> None:

@@ -106,7 +106,13 @@ def output_paths(out_dir: Path, n: int, fmt: str) -> list[Path]:
 
 
 def write_images(
-    images: list[Generated], out_dir: Path, *, fmt: str = "png", info: dict[str, str], grid: Path | None = None
+    images: list[Generated],
+    out_dir: Path,
+    *,
+    fmt: str = "png",
+    info: dict[str, str],
+    class_names: tuple[str, ...] = (),
+    grid: Path | None = None,
 ) -> list[Path]:
     """Write numbered images (and optionally a grid) with the settings that made them in the PNG text."""
     if fmt not in FORMATS:
@@ -115,7 +121,7 @@ def write_images(
     for g, path in zip(images, paths):
         text = {**info, "seed": str(g.seed), "index": str(g.index)}
         if g.label is not None:
-            text["class"] = str(g.label)
+            text |= {"class": str(g.label), "class_name": class_names[g.label] if class_names else str(g.label)}
         save_image(g.image, path, text=text)
     if grid is not None:
         ncols = min(8, len(images))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -25,6 +26,7 @@ from diffgen.checkpoint import LoadedModel
 from diffgen.data import derived_seed, upsample
 from diffgen.denoiser import make_denoiser
 from diffgen.errors import OptionError
+from diffgen.hub import model_identity
 from diffgen.images import IMAGE_SUFFIXES, carried_metadata, merge_planes, open_image, save_image, split_planes
 from diffgen.samplers import randn_like, sample_ddim
 
@@ -164,6 +166,21 @@ def grow_band(band, weight, rows: int, width: int, channels: int):
     return new_band, new_weight
 
 
+def upscale_image(
+    loaded: LoadedModel,
+    img: Image.Image,
+    *,
+    tile: int | None = None,
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    callback: Progress | None = None,
+) -> tuple[Image.Image, str | None]:
+    """Upscale a Pillow image of any mode into one of the same kind; also returns a conversion note."""
+    planes = split_planes(img)
+    pixels = upscale_tiled(loaded, planes.colour, tile=tile, steps=steps, seed=seed, bits=planes.bits, callback=callback)
+    return merge_planes(pixels, planes), planes.note
+
+
 @dataclass(frozen=True)
 class Upscaled:
     src: Path
@@ -186,15 +203,13 @@ def upscale_file(
 ) -> Upscaled:
     """Upscale one image file into `dst`, keeping its kind (grey, alpha, 16-bit), ICC profile and PNG text."""
     img = open_image(src)
-    planes = split_planes(img)
-    pixels = upscale_tiled(loaded, planes.colour, tile=tile, steps=steps, seed=seed, bits=planes.bits, callback=callback)
-    out = merge_planes(pixels, planes)
+    out, note = upscale_image(loaded, img, tile=tile, steps=steps, seed=seed, callback=callback)
     keep = carried_metadata(img)
-    text = keep.pop("text") | {"diffgen": f"upscale x{loaded.spec.scale}", "model": loaded.path.name,
+    text = keep.pop("text") | {"diffgen": f"upscale x{loaded.spec.scale}", **model_identity(loaded.path),
                                "steps": str(steps), "seed": str(seed)}
     dst.parent.mkdir(parents=True, exist_ok=True)
     save_image(out, dst, text=text, overwrite=overwrite, quality=quality, **keep)
-    return Upscaled(src, dst, out.size, planes.note)
+    return Upscaled(src, dst, out.size, note)
 
 
 def collect_inputs(inputs: list[str], *, recursive: bool, suffix: str) -> list[Path]:
