@@ -109,8 +109,9 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        # (B, 3C, H, W) -> 3 x (B, heads, H*W, C/heads)
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).unbind(1)
+        # (B, 3C, H, W) -> 3 x (B, heads, H*W, C/heads); contiguous, or SDPA falls back to its slow path.
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2)
+        q, k, v = qkv.contiguous().unbind(1)
         out = F.scaled_dot_product_attention(q, k, v)
         # (B, heads, H*W, C/heads) -> (B, C, H, W)
         return x + self.out(out.transpose(-1, -2).reshape(b, c, h, w))
