@@ -142,3 +142,22 @@ def test_generated_pngs_record_the_model_and_settings(generator_run, tmp_path):
         text = img.text
     assert text["model"] == "model.safetensors" and len(text["sha256"]) == 12
     assert (text["sampler"], text["steps"], text["class_name"]) == ("dpm++2m", "2", "blue")
+
+
+def test_internal_errors_are_one_line_with_a_debug_hint(generator_run, tmp_path, monkeypatch):
+    import diffgen.generate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(diffgen.generate, "generate_images", broken)
+    r = invoke("generate", "--model", generator_run, "--out", tmp_path / "o")
+    assert r.exit_code == 1 and "internal error: RuntimeError: boom" in r.output and "--debug" in r.output
+    assert "Traceback" not in r.output
+    r = invoke("--debug", "generate", "--model", generator_run, "--out", tmp_path / "o")
+    assert isinstance(r.exception, RuntimeError)
+
+
+def test_train_refuses_an_image_size_the_unet_cannot_take(class_folder, tmp_path):
+    r = invoke("train", class_folder, "--out", tmp_path / "r", "--image-size", 18, "--batch-size", 4)
+    assert r.exit_code == 2 and "--image-size 18" in r.output and "multiple of 4" in r.output
