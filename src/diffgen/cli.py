@@ -24,9 +24,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err = Console(stderr=True)
-out = Console()
+console = Console()
+console_err = Console(stderr=True)
 DEBUG = {"on": False}
+
+# The option choices below mirror the core's enums (Task, Sampler, Spacing, ...): importing those
+# would import torch and make `--help` slow. Commands convert with e.g. Sampler(sampler.value).
 
 
 class TaskOpt(str, Enum):
@@ -70,7 +73,7 @@ class CropOpt(str, Enum):
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    console_err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -178,7 +181,7 @@ def train(
     with TrainProgress(cfg.max_steps) as progress:
         model_path = run_training(cfg, callback=progress.update, resume=resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
-        out_console_done(f"model written to {model_path}")
+        report_done(f"model written to {model_path}")
 
 
 class TrainProgress:
@@ -188,11 +191,11 @@ class TrainProgress:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
 
         self.total, self.every = total, every
-        self.interactive = out.is_terminal
+        self.interactive = console.is_terminal
         self.bar = Progress(
             TextColumn("step {task.completed}/{task.total}"), BarColumn(),
             TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.1f} img/s"), TimeRemainingColumn(),
-            console=out, disable=not self.interactive,
+            console=console, disable=not self.interactive,
         )
         self.task = self.bar.add_task("train", total=total, loss=float("nan"), ips=0.0)
 
@@ -207,16 +210,16 @@ class TrainProgress:
         from diffgen.train import Note  # noqa: PLC0415
 
         if isinstance(event, Note):
-            err.print(f"[yellow]note:[/yellow] {event.text}", highlight=False, soft_wrap=True)
+            console_err.print(f"[yellow]note:[/yellow] {event.text}", highlight=False, soft_wrap=True)
             return
         self.bar.update(self.task, completed=event.step, total=event.total, loss=event.loss, ips=event.images_per_s)
         if not self.interactive and (event.step % self.every == 0 or event.step == event.total):
-            out.print(f"step {event.step}/{event.total}  loss {event.loss:.4f}  {event.images_per_s:.1f} img/s", highlight=False)
-            out.file.flush()
+            console.print(f"step {event.step}/{event.total}  loss {event.loss:.4f}  {event.images_per_s:.1f} img/s", highlight=False)
+            console.file.flush()
 
 
-def out_console_done(message: str) -> None:
-    out.print(f"[green]done:[/green] {message}", highlight=False, soft_wrap=True)
+def report_done(message: str) -> None:
+    console.print(f"[green]done:[/green] {message}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -233,7 +236,7 @@ def generate(
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance weight w; 0 is none.")] = 0.0,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
     grid: Annotated[Optional[Path], typer.Option(help="Also write all images as one grid to this file.")] = None,
-    format: Annotated[str, typer.Option("--format", help="png, jpg or webp.")] = "png",
+    format: Annotated[FormatOpt, typer.Option("--format", help="Image format.")] = FormatOpt.png,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
 ) -> None:
     """Generate images with a trained model.
@@ -255,15 +258,13 @@ def generate(
     check_positive("--batch-size", batch_size)
     if guidance < 0:
         raise OptionError(f"--guidance {guidance}: must be 0 or more")
-    if format not in ("png", "jpg", "webp"):
-        raise OptionError(f"--format {format}: choose png, jpg or webp")
     loaded = open_model(model, Task.GENERATE, pick_device(device))
     if steps > loaded.spec.num_timesteps:
         raise OptionError(f"--steps {steps}: this model has {loaded.spec.num_timesteps} timesteps; use at most that")
     classes = [class_index(loaded.spec.class_names, c) for c in class_] if class_ else None
-    check_outputs_free(out, n, format, grid)
+    check_outputs_free(out, n, format.value, grid)
     out.mkdir(parents=True, exist_ok=True)
-    with item_progress("generating", n) as advance:
+    with ItemProgress("generating", n) as advance:
         images = generate_images(
             loaded, n, classes=classes, seed=seed, steps=steps, sampler=Sampler(sampler.value),
             spacing=spacing and Spacing(spacing.value), guidance=guidance, batch_size=batch_size, callback=advance,
@@ -271,17 +272,17 @@ def generate(
     settings = {**model_identity(loaded.path), "sampler": sampler.value,
                 "spacing": spacing.value if spacing else "default", "steps": str(steps), "guidance": str(guidance),
                 "run_seed": str(seed)}
-    paths = write_images(images, out, fmt=format, info=settings, class_names=loaded.spec.class_names, grid=grid)
-    out_console_done(f"{len(paths)} images in {out}" + (f", grid {grid}" if grid else ""))
+    paths = write_images(images, out, fmt=format.value, info=settings, class_names=loaded.spec.class_names, grid=grid)
+    report_done(f"{len(paths)} images in {out}" + (f", grid {grid}" if grid else ""))
 
 
-class item_progress:
+class ItemProgress:
     """A rich progress bar over items, on stderr, hidden when stderr is not a terminal."""
 
     def __init__(self, label: str, total: int):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
 
-        self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, disable=not err.is_terminal)
+        self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console_err, disable=not console_err.is_terminal)
         self.task = self.bar.add_task(label, total=total)
 
     def __enter__(self):
@@ -337,7 +338,7 @@ def upscale(
         raise OptionError(f"--steps {steps}: this model has {loaded.spec.num_timesteps} timesteps; use at most that")
     suffix = f"_x{loaded.spec.scale}" if suffix is None else suffix
     sources = collect_inputs(inputs, recursive=recursive, suffix=suffix)
-    done, skipped, failed = 0, 0, 0
+    upscaled, skipped, failed = 0, 0, 0
     with BatchProgress(len(sources)) as progress:
         for src in sources:
             dst = output_path(src, out, suffix=suffix, fmt=format.value, many=len(sources) > 1)
@@ -353,13 +354,13 @@ def upscale(
                 failed += 1
                 progress.print(f"[red]error:[/red] {e}")
                 continue
-            done += 1
+            upscaled += 1
             note = f" ({result.note})" if result.note else ""
             progress.print(f"{src} -> {dst} ({result.size[0]}x{result.size[1]}){note}")
-    summary = f"{done} upscaled, {skipped} skipped, {failed} failed"
+    summary = f"{upscaled} upscaled, {skipped} skipped, {failed} failed"
     if failed:
         raise fail(summary)
-    out_console_done(summary)
+    report_done(summary)
 
 
 @app.command("eval-upscale")
@@ -390,7 +391,7 @@ def eval_upscale(
     check_positive("--steps", steps)
     loaded = open_model(model, Task.UPSCALE, pick_device(device))
     files, _, _ = find_images(hr_dir)
-    with item_progress("scoring", len(files)) as advance:
+    with ItemProgress("scoring", len(files)) as advance:
         rows = evaluate(lambda lr: upscale_image(loaded, lr, tile=tile, steps=steps, seed=seed)[0],
                         files, loaded.spec.scale, callback=advance)
     table = Table(title=f"x{loaded.spec.scale} on {hr_dir}: PSNR (dB) and SSIM on Y, {steps} steps")
@@ -409,7 +410,7 @@ class BatchProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
 
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            console=err, disable=not err.is_terminal)
+                            console=console_err, disable=not console_err.is_terminal)
         self.images = self.bar.add_task("images", total=total)
         self.tile_task = self.bar.add_task("tiles", total=1)
         self.started = 0
@@ -431,7 +432,7 @@ class BatchProgress:
         self.bar.update(self.tile_task, completed=done, total=total)
 
     def print(self, message: str) -> None:
-        err.print(message, highlight=False, soft_wrap=True)
+        console_err.print(message, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -505,7 +506,7 @@ def export(
     from diffgen.hub import export_run  # noqa: PLC0415
 
     folder = export_run(run, out_dir, repo_id=repo_id, license=license)
-    out_console_done(f"exported to {folder}; upload with: hf upload {repo_id or 'USER/NAME'} {folder}")
+    report_done(f"exported to {folder}; upload with: hf upload {repo_id or 'USER/NAME'} {folder}")
 
 
 @app.command()
@@ -524,13 +525,13 @@ def push(
     from diffgen.hub import push as push_to_hub  # noqa: PLC0415
 
     url = push_to_hub(run, repo_id, private=private, license=license)
-    out_console_done(f"uploaded to {url}")
+    report_done(f"uploaded to {url}")
 
 
 def print_table(table) -> None:
     """Print a table whole: off a terminal (pipes, CI) there is no width to fit, so do not squeeze it."""
-    if out.is_terminal:
-        out.print(table)
+    if console.is_terminal:
+        console.print(table)
     else:
         Console(width=200).print(table)
 
