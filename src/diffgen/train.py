@@ -298,18 +298,7 @@ def train(cfg: TrainConfig, *, callback: Callable[[Event], None] | None = None, 
     check_run_dir(out, Path(cfg.data_dir), resume)
     if ranks.world > 1:
         dist.barrier()  # every rank has checked --out before rank 0 writes to it
-    data = open_dataset(
-        cfg.data_dir, size=cfg.image_size, channels=cfg.channels, memory_limit=cfg.memory_limit,
-        crop=Crop.RANDOM if cfg.task is Task.UPSCALE else cfg.crop, resize=cfg.task is Task.GENERATE,
-        warn=lambda text: notify(Note(text)),
-    )
-    check_data(data, cfg)
-    if cfg.epochs:
-        cfg = replace(cfg, max_steps=max(1, cfg.epochs * len(data) // cfg.batch_size))
-    if data.skipped:
-        notify(Note(f"skipped {len(data.skipped)} unreadable file(s)"))
-    if data.images is None:
-        notify(Note(f"{len(data)} images stream from disk through {cfg.workers} worker(s)"))
+    cfg, data = load_data(cfg, notify)
 
     torch.manual_seed(cfg.seed)
     spec = build_spec(cfg, data)
@@ -363,6 +352,23 @@ def train(cfg: TrainConfig, *, callback: Callable[[Event], None] | None = None, 
                     f"diffgen train {cfg.data_dir} --out {out} --resume"
                 )
     return out / "model.safetensors"
+
+
+def load_data(cfg: TrainConfig, notify: Callable[[Event], None]) -> tuple[TrainConfig, Dataset]:
+    """Open and check the data set; with --epochs, the config gets the step count they mean."""
+    data = open_dataset(
+        cfg.data_dir, size=cfg.image_size, channels=cfg.channels, memory_limit=cfg.memory_limit,
+        crop=Crop.RANDOM if cfg.task is Task.UPSCALE else cfg.crop, resize=cfg.task is Task.GENERATE,
+        warn=lambda text: notify(Note(text)),
+    )
+    check_data(data, cfg)
+    if data.skipped:
+        notify(Note(f"skipped {len(data.skipped)} unreadable file(s)"))
+    if data.images is None:
+        notify(Note(f"{len(data)} images stream from disk through {cfg.workers} worker(s)"))
+    if cfg.epochs:
+        cfg = replace(cfg, max_steps=max(1, cfg.epochs * len(data) // cfg.batch_size))
+    return cfg, data
 
 
 def train_step(net, opt, batches: Batches, spec: ModelSpec, cfg: TrainConfig, alphas_cumprod: Tensor, step: int) -> float:
