@@ -98,3 +98,34 @@ def test_data_order_visits_every_image_once_per_epoch():
 def test_upscaling_may_have_fewer_images_than_a_batch(photo_folder, tmp_path):
     train(config(photo_folder, tmp_path / "r", task=Task.UPSCALE, image_size=32, batch_size=8, max_steps=1))
     assert (tmp_path / "r" / "model.safetensors").is_file()
+
+
+def test_every_common_format_and_mode_trains_and_bad_files_are_skipped(tmp_path):
+    root = tmp_path / "data"
+    import numpy as np
+    from PIL import Image
+
+    from diffgen.data import open_dataset
+
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (24, 30, 3), dtype=np.uint8))
+    files = {
+        "a/png_rgba.png": rgb.convert("RGBA"), "a/jpeg.jpg": rgb, "a/webp.webp": rgb, "a/bmp.bmp": rgb,
+        "b/tiff.tiff": rgb, "b/grey.png": rgb.convert("L"), "b/palette.gif": rgb.quantize(32),
+        "b/deep/grey16.png": Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)),
+    }
+    for name, img in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        img.save(root / name)
+    (root / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (root / "b" / "notes.txt").write_text("not an image, not even looked at")
+    warnings = []
+    data = open_dataset(root, size=16, channels=3, warn=warnings.append)
+    assert len(data) == 8 and data.class_names == ("a", "b")
+    assert all(x.shape == (3, 16, 16) for x in data.images)
+    assert len(warnings) == 1 and "broken.png" in warnings[0]
+    grey16 = data.images[data.files.index(root / "b" / "deep" / "grey16.png")]
+    assert grey16.float().mean() > 40  # scaled from 16 bits, not clipped to white or black
+    out = tmp_path / "run"
+    train(config(root, out, max_steps=1, batch_size=4))
+    assert load_file(out / "model.safetensors")
