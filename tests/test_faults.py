@@ -154,3 +154,28 @@ def test_sigterm_saves_and_prints_the_resume_command(class_folder, tmp_path):
     assert proc.returncode == 130
     assert "stopped by SIGTERM" in err and f"--out {out} --resume" in err and "Traceback" not in err
     assert load_model(out / "model.safetensors").spec.train_steps >= 1
+
+
+def test_unreadable_files_and_unwritable_folders_say_so(tmp_path, monkeypatch):
+    from diffgen.images import save_image
+
+    (tmp_path / "x.png").write_bytes(png_bytes())
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    with monkeypatch.context() as m:  # root ignores file modes, so the denial is simulated
+        m.setattr(Image, "open", denied)
+        with pytest.raises(ImageError, match="x.png: permission denied; check the file's permissions"):
+            open_image(tmp_path / "x.png")
+    monkeypatch.setattr(diffgen.files.tempfile, "mkstemp", denied)
+    with pytest.raises(ImageError, match=r"y.png: cannot write \(Permission denied\); check the folder's permissions"):
+        save_image(Image.new("RGB", (4, 4)), tmp_path / "y.png")
+
+
+def test_upscaling_an_animation_notes_the_first_frame(tmp_path):
+    from diffgen.images import split_planes
+
+    frames = [Image.new("RGB", (8, 8), c) for c in ("red", "blue", "green")]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    assert split_planes(open_image(tmp_path / "a.gif")).note == "used the first of 3 frames"

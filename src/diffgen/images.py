@@ -7,6 +7,7 @@ Writing is atomic and never replaces an existing file unless asked to.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import warnings
@@ -48,6 +49,7 @@ def open_image(path: Path, *, decode: bool = True) -> Image.Image:
                     )
                 if not decode:
                     return img
+                img.info["frames"] = getattr(img, "n_frames", 1)  # animations and multi-page TIFFs: frame 0
                 img.seek(0)
                 img.load()
                 ImageOps.exif_transpose(img, in_place=True)  # keeps the file's metadata (PNG text, ICC)
@@ -152,7 +154,8 @@ def save_image(
     except FileExistsError:
         raise ImageError(f"{path}: already exists; pass --overwrite to replace it or choose another --out") from None
     except OSError as e:
-        raise ImageError(f"{path}: cannot write ({e.strerror}); free some space or choose another --out") from None
+        fix = "free some space" if e.errno == errno.ENOSPC else "check the folder's permissions"
+        raise ImageError(f"{path}: cannot write ({e.strerror}); {fix} or choose another --out") from None
 
 
 GREY16 = ("I;16", "I;16B", "I;16L", "I")
@@ -171,16 +174,17 @@ class Planes:
 
 def split_planes(img: Image.Image) -> Planes:
     """Prepare any Pillow image for a 3-channel model, remembering how to rebuild the original kind."""
-    note = None
+    frames = img.info.get("frames", 1)
+    note = f"used the first of {frames} frames" if frames > 1 else None
     if img.mode in GREY16:
         arr = np.asarray(img, dtype=np.float64)
         peak = 65535.0 if img.mode != "I" or arr.max() > 255 else 255.0
         grey = torch.from_numpy(arr / peak * 2 - 1).float()[None]
-        return Planes(grey.expand(3, -1, -1).clone(), None, True, 16 if peak > 255 else 8, None)
+        return Planes(grey.expand(3, -1, -1).clone(), None, True, 16 if peak > 255 else 8, note)
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     elif img.mode not in ("1", "L", "LA", "RGB", "RGBA"):
-        note = f"converted {img.mode} to RGB"
+        note = f"converted {img.mode} to RGB"  # CMYK, YCbCr, LAB, HSV, ...
         img = img.convert("RGB")
     has_alpha = img.mode in ("LA", "RGBA")
     alpha = img.getchannel("A") if has_alpha else None
