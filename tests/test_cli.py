@@ -161,3 +161,18 @@ def test_internal_errors_are_one_line_with_a_debug_hint(generator_run, tmp_path,
 def test_train_refuses_an_image_size_the_unet_cannot_take(class_folder, tmp_path):
     r = invoke("train", class_folder, "--out", tmp_path / "r", "--image-size", 18, "--batch-size", 4)
     assert r.exit_code == 2 and "--image-size 18" in r.output and "multiple of 4" in r.output
+
+
+def test_train_takes_an_explicit_unet_shape(class_folder, tmp_path):
+    run = tmp_path / "r"
+    r = invoke("train", class_folder, "--out", run, "--image-size", 16, "--batch-size", 4, "--max-steps", 1,
+               "--base-channels", 16, "--channel-mults", "1,2", "--res-blocks", 1, "--attention-levels", "")
+    assert r.exit_code == 0, r.output
+    from diffgen.checkpoint import load_model
+
+    unet = load_model(run / "model.safetensors").spec.unet
+    assert (unet.base_channels, unet.channel_mults, unet.num_res_blocks, unet.attention_levels) == (16, (1, 2), 1, ())
+    r = invoke("train", class_folder, "--out", tmp_path / "bad", "--channel-mults", "1,x")
+    assert r.exit_code == 2 and "--channel-mults 1,x" in r.output
+    r = invoke("train", class_folder, "--out", tmp_path / "bad", "--image-size", 16, "--batch-size", 4, "--attention-levels", "5")
+    assert r.exit_code == 2 and "--attention-levels" in r.output

@@ -107,6 +107,18 @@ def main_options(
     DEBUG["on"] = debug
 
 
+def int_list(name: str, text: str | None) -> tuple[int, ...] | None:
+    """Parse "1,2,2" into (1, 2, 2); an empty string means an empty tuple."""
+    from diffgen.errors import OptionError  # noqa: PLC0415
+
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise OptionError(f"{name} {text}: give whole numbers separated by commas, e.g. 1,2,2") from None
+
+
 def check_positive(name: str, value: int | None) -> None:
     from diffgen.errors import OptionError  # noqa: PLC0415
 
@@ -126,6 +138,10 @@ def train(
     crop: Annotated[CropOpt, typer.Option(help="Centre crop once, or a random crop each time.")] = CropOpt.center,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = True,
     preset: Annotated[str, typer.Option(help="U-Net size: tiny, small or base.")] = "tiny",
+    base_channels: Annotated[Optional[int], typer.Option(help="Width of the first level [default: the preset's].")] = None,
+    channel_mults: Annotated[Optional[str], typer.Option(help="Width multiple per level, e.g. 1,2,2 [default: the preset's].")] = None,
+    res_blocks: Annotated[Optional[int], typer.Option(help="Residual blocks per level [default: the preset's].")] = None,
+    attention_levels: Annotated[Optional[str], typer.Option(help="Levels with attention, e.g. 2 or 1,2 [default: the preset's].")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Optimisation steps [default: 2000, or the resumed run's].")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the data, instead of --max-steps.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per step (over all processes).")] = 32,
@@ -172,7 +188,9 @@ def train(
             raise OptionError("--epochs and --max-steps: give one or the other")
         cfg = TrainConfig(
             data_dir=data_dir, out_dir=out, task=Task(task.value), scale=scale, image_size=image_size,
-            channels=channels, crop=Crop(crop.value), flip=flip, preset=preset, max_steps=max_steps or 2000,
+            channels=channels, crop=Crop(crop.value), flip=flip, preset=preset, base_channels=base_channels,
+            channel_mults=int_list("--channel-mults", channel_mults), num_res_blocks=res_blocks,
+            attention_levels=int_list("--attention-levels", attention_levels), max_steps=max_steps or 2000,
             batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, grad_clip=grad_clip,
             ema_decay=ema_decay, prediction=Prediction(prediction.value), schedule=ScheduleKind(schedule.value),
             min_snr_gamma=min_snr_gamma, label_dropout=label_dropout, seed=seed, save_every=save_every,

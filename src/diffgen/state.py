@@ -86,4 +86,6 @@ def load_config(path: Path) -> "TrainConfig":
     d["data_dir"], d["out_dir"] = Path(d["data_dir"]), Path(d["out_dir"])
     d["task"], d["prediction"], d["schedule"] = Task(d["task"]), Prediction(d["prediction"]), ScheduleKind(d["schedule"])
     d["crop"] = Crop(d.get("crop", Crop.CENTER))
+    for key in ("channel_mults", "attention_levels"):
+        d[key] = None if d.get(key) is None else tuple(d[key])
     return TrainConfig(**d)

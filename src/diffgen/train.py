@@ -34,7 +34,7 @@ from diffgen.generate import sample_batch
 from diffgen.images import make_grid, save_image, tensor_to_pil, to_model_range
 from diffgen.schedule import Prediction, ScheduleKind, min_snr_weight, q_sample, target
 from diffgen.state import load_state, save_state
-from diffgen.unet import PRESETS, UNet, preset
+from diffgen.unet import PRESETS, UNet, UNetConfig, preset
 from diffgen.upscale import upscale_tensor
 
 
@@ -49,6 +49,10 @@ class TrainConfig:
     crop: Crop = Crop.CENTER  # centre crop once, or a random crop every time (always random for upscaling)
     flip: bool = True  # random horizontal flips
     preset: str = "tiny"  # U-Net size: tiny, small or base
+    base_channels: int | None = None  # overrides the preset's width of the first level
+    channel_mults: tuple[int, ...] | None = None  # overrides the preset's width multiple of each level
+    num_res_blocks: int | None = None  # overrides the preset's residual blocks per level
+    attention_levels: tuple[int, ...] | None = None  # overrides the preset's levels with self-attention
     max_steps: int = 2000  # optimisation steps
     epochs: int | None = None  # passes over the data; overrides max_steps when set
     batch_size: int = 32  # images per step, over all processes
@@ -145,13 +149,20 @@ def check_config(cfg: TrainConfig, ranks: Ranks) -> None:
 def build_spec(cfg: TrainConfig, data: Dataset) -> ModelSpec:
     upscaling = cfg.task is Task.UPSCALE
     channels = data.prep.channels
+    overrides = {
+        name: getattr(cfg, name)
+        for name in ("base_channels", "channel_mults", "num_res_blocks", "attention_levels")
+        if getattr(cfg, name) is not None
+    }
     unet = preset(
         cfg.preset,
+        **overrides,
         in_channels=channels,
         num_classes=0 if upscaling else len(data.class_names),
         cond_channels=channels if upscaling else 0,
         pixel_shuffle=cfg.scale if upscaling else 1,
     )
+    check_unet(unet)
     if cfg.image_size % unet.size_multiple:
         raise OptionError(f"--image-size {cfg.image_size}: the {cfg.preset} U-Net needs a multiple of {unet.size_multiple}")
     return ModelSpec(
@@ -166,6 +177,17 @@ def build_spec(cfg: TrainConfig, data: Dataset) -> ModelSpec:
         prediction=cfg.prediction,
         extra={"data": str(cfg.data_dir), "images": len(data)},
     )
+
+
+def check_unet(unet: UNetConfig) -> None:
+    """Refuse U-Net shapes that cannot be built, naming the option to change."""
+    widths = [unet.base_channels * m for m in unet.channel_mults]
+    if min(widths) < 1 or any(w % unet.norm_groups for w in widths):
+        raise OptionError(f"--base-channels / --channel-mults: every width must be a positive multiple of {unet.norm_groups}")
+    if unet.num_res_blocks < 1:
+        raise OptionError("--res-blocks: must be at least 1")
+    if any(not 0 <= lvl < unet.num_levels for lvl in unet.attention_levels):
+        raise OptionError(f"--attention-levels: levels run from 0 to {unet.num_levels - 1}")
 
 
 class Batches:
