@@ -324,7 +324,8 @@ def upscale(
     recursive: Annotated[bool, typer.Option("--recursive", help="Descend into sub-folders of folder inputs.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output exists.")] = False,
-    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 4,
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 2,
+    eta: Annotated[float, typer.Option(help="DDIM η: 0 is deterministic, 1 adds fresh noise each step.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     tile: Annotated[Optional[int], typer.Option(help="Tile side in input pixels [default: automatic].")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
@@ -336,24 +337,14 @@ def upscale(
       diffgen upscale photos/ --recursive --out big/ --format jpg
       diffgen upscale "scans/*.png" --skip-existing
     """
-    from diffgen.checkpoint import Task  # noqa: PLC0415
     from diffgen.errors import DiffgenError, OptionError  # noqa: PLC0415
-    from diffgen.models import open_model  # noqa: PLC0415
-    from diffgen.train import pick_device  # noqa: PLC0415
     from diffgen.upscale import collect_inputs, output_path, upscale_file  # noqa: PLC0415
 
-    check_positive("--steps", steps)
-    if tile is not None and tile < 32:
-        raise OptionError(f"--tile {tile}: must be at least 32")
     if not 1 <= quality <= 100:
         raise OptionError(f"--quality {quality}: must be between 1 and 100")
     if overwrite and skip_existing:
         raise OptionError("--overwrite and --skip-existing: choose one")
-    loaded = open_model(model, Task.UPSCALE, pick_device(device))
-    if scale is not None and scale != loaded.spec.scale:
-        raise OptionError(f"--scale {scale}: this model upscales x{loaded.spec.scale}; pass --scale {loaded.spec.scale} or another --model")
-    if steps > loaded.spec.num_timesteps:
-        raise OptionError(f"--steps {steps}: this model has {loaded.spec.num_timesteps} timesteps; use at most that")
+    loaded = open_upscaler(model, device, steps=steps, eta=eta, tile=tile, scale=scale)
     suffix = f"_x{loaded.spec.scale}" if suffix is None else suffix
     sources = collect_inputs(inputs, recursive=recursive, suffix=suffix)
     upscaled, skipped, failed = 0, 0, 0
@@ -366,8 +357,8 @@ def upscale(
                 continue
             progress.next_image(src.name)
             try:
-                result = upscale_file(loaded, src, dst, tile=tile, steps=steps, seed=seed, overwrite=overwrite,
-                                      quality=quality, callback=progress.tiles)
+                result = upscale_file(loaded, src, dst, tile=tile, steps=steps, seed=seed, eta=eta,
+                                      overwrite=overwrite, quality=quality, callback=progress.tiles)
             except DiffgenError as e:
                 failed += 1
                 progress.print(f"[red]error:[/red] {e}")
@@ -386,7 +377,8 @@ def upscale(
 def eval_upscale(
     hr_dir: Annotated[Path, typer.Argument(help="Folder of high-resolution images to score against.")],
     model: Annotated[Optional[str], typer.Option(help="Bundled name, .safetensors file or run folder [default: upscale-x4].")] = None,
-    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 4,
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 2,
+    eta: Annotated[float, typer.Option(help="DDIM η: 0 is deterministic, 1 adds fresh noise each step.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     tile: Annotated[Optional[int], typer.Option(help="Tile side in input pixels [default: automatic].")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
@@ -399,26 +391,42 @@ def eval_upscale(
     """
     from rich.table import Table  # noqa: PLC0415
 
-    from diffgen.checkpoint import Task  # noqa: PLC0415
     from diffgen.data import find_images  # noqa: PLC0415
     from diffgen.metrics import evaluate, mean_row  # noqa: PLC0415
-    from diffgen.models import open_model  # noqa: PLC0415
-    from diffgen.train import pick_device  # noqa: PLC0415
     from diffgen.upscale import upscale_image  # noqa: PLC0415
 
-    check_positive("--steps", steps)
-    loaded = open_model(model, Task.UPSCALE, pick_device(device))
+    loaded = open_upscaler(model, device, steps=steps, eta=eta, tile=tile)
     files, _, _ = find_images(hr_dir)
     with ItemProgress("scoring", len(files)) as advance:
-        rows = evaluate(lambda lr: upscale_image(loaded, lr, tile=tile, steps=steps, seed=seed)[0],
+        rows = evaluate(lambda lr: upscale_image(loaded, lr, tile=tile, steps=steps, seed=seed, eta=eta)[0],
                         files, loaded.spec.scale, callback=advance)
-    table = Table(title=f"x{loaded.spec.scale} on {hr_dir}: PSNR (dB) and SSIM on Y, {steps} steps")
+    table = Table(title=f"x{loaded.spec.scale} on {hr_dir}: PSNR (dB) and SSIM on Y, {steps} steps, η = {eta}")
     for col in ("image", "bicubic PSNR", "diffgen PSNR", "gain", "bicubic SSIM", "diffgen SSIM", "seconds"):
         table.add_column(col, justify="left" if col == "image" else "right", no_wrap=True)
     for row in rows + [mean_row(rows)]:
         table.add_row(row.name, f"{row.bicubic.psnr:.2f}", f"{row.model.psnr:.2f}", f"{row.model.psnr - row.bicubic.psnr:+.2f}",
                       f"{row.bicubic.ssim:.4f}", f"{row.model.ssim:.4f}", f"{row.seconds:.1f}")
     print_table(table)
+
+
+def open_upscaler(model: str | None, device: str, *, steps: int, eta: float, tile: int | None, scale: int | None = None):
+    """Load an upscaling model and check the sampling options against it."""
+    from diffgen.checkpoint import Task  # noqa: PLC0415
+    from diffgen.errors import OptionError  # noqa: PLC0415
+    from diffgen.models import open_model  # noqa: PLC0415
+    from diffgen.train import pick_device  # noqa: PLC0415
+
+    check_positive("--steps", steps)
+    if not 0 <= eta <= 1:
+        raise OptionError(f"--eta {eta}: must be between 0 and 1")
+    if tile is not None and tile < 32:
+        raise OptionError(f"--tile {tile}: must be at least 32")
+    loaded = open_model(model, Task.UPSCALE, pick_device(device))
+    if scale is not None and scale != loaded.spec.scale:
+        raise OptionError(f"--scale {scale}: this model upscales x{loaded.spec.scale}; pass --scale {loaded.spec.scale} or another --model")
+    if steps > loaded.spec.num_timesteps:
+        raise OptionError(f"--steps {steps}: this model has {loaded.spec.num_timesteps} timesteps; use at most that")
+    return loaded
 
 
 class BatchProgress:

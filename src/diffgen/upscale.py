@@ -30,7 +30,7 @@ from diffgen.hub import model_identity
 from diffgen.images import IMAGE_SUFFIXES, carried_metadata, merge_planes, open_image, save_image, split_planes
 from diffgen.samplers import randn_like, sample_ddim
 
-DEFAULT_STEPS = 4
+DEFAULT_STEPS = 2  # the best PSNR and SSIM of 1, 2, 4, 10, 20 on held-out photos (README)
 DEFAULT_TILE = 192  # LR pixels; about 0.6 GB of activations for the small preset
 OVERLAP = 16  # LR pixels shared by neighbouring tiles
 
@@ -173,11 +173,14 @@ def upscale_image(
     tile: int | None = None,
     steps: int = DEFAULT_STEPS,
     seed: int = 0,
+    eta: float = 0.0,
     callback: Progress | None = None,
 ) -> tuple[Image.Image, str | None]:
     """Upscale a Pillow image of any mode into one of the same kind; also returns a conversion note."""
     planes = split_planes(img)
-    pixels = upscale_tiled(loaded, planes.colour, tile=tile, steps=steps, seed=seed, bits=planes.bits, callback=callback)
+    pixels = upscale_tiled(
+        loaded, planes.colour, tile=tile, steps=steps, seed=seed, eta=eta, bits=planes.bits, callback=callback
+    )
     return merge_planes(pixels, planes), planes.note
 
 
@@ -197,13 +200,14 @@ def upscale_file(
     tile: int | None = None,
     steps: int = DEFAULT_STEPS,
     seed: int = 0,
+    eta: float = 0.0,
     overwrite: bool = False,
     quality: int = 95,
     callback: Progress | None = None,
 ) -> Upscaled:
     """Upscale one image file into `dst`, keeping its kind (grey, alpha, 16-bit), ICC profile and PNG text."""
     img = open_image(src)
-    out, note = upscale_image(loaded, img, tile=tile, steps=steps, seed=seed, callback=callback)
+    out, note = upscale_image(loaded, img, tile=tile, steps=steps, seed=seed, eta=eta, callback=callback)
     keep = carried_metadata(img)
     text = keep.pop("text") | {"diffgen": f"upscale x{loaded.spec.scale}", **model_identity(loaded.path),
                                "steps": str(steps), "seed": str(seed)}
