@@ -212,25 +212,28 @@ class Batches:
         per_rank = self.micro // self.ranks.world
         return slice(self.ranks.rank * per_rank, (self.ranks.rank + 1) * per_rank)
 
+    def plan(self, k: int) -> tuple[list[int], list[tuple[float, float]], torch.Generator]:
+        """This rank's image indices and crop positions in micro-batch k, and the batch's generator."""
+        g = batch_generator(self.cfg.seed, k)
+        idx, u = self.order.indices(k), torch.rand(self.micro, 2, generator=g)  # crop positions: the first draw
+        s = self.my_slice()
+        return idx[s].tolist(), [tuple(p) for p in u[s].tolist()], g
+
     def crop_requests(self, k: int) -> Iterator[list[tuple[int, float, float]]]:
         """What the DataLoader workers should decode for micro-batches k, k+1, ... (this rank only)."""
         while True:
-            idx, u = self.order.indices(k), torch.rand(self.micro, 2, generator=batch_generator(self.cfg.seed, k))
-            s = self.my_slice()
-            yield [(i, float(uy), float(ux)) for i, (uy, ux) in zip(idx[s].tolist(), u[s].tolist())]
+            idx, pos, _ = self.plan(k)
+            yield [(i, uy, ux) for i, (uy, ux) in zip(idx, pos)]
             k += 1
 
     def get(self, k: int) -> tuple[Tensor, Tensor, torch.Generator]:
         """(uint8 crops, labels) of this rank's share of micro-batch k, and the generator to continue with."""
-        g = batch_generator(self.cfg.seed, k)
-        idx, u = self.order.indices(k), torch.rand(self.micro, 2, generator=g)  # crops are the first draw
-        s = self.my_slice()
+        idx, pos, g = self.plan(k)
         if self.loader is not None:
             crops = next(self.loader)
         else:
-            size = self.cfg.image_size
-            crops = torch.stack([crop_at(self.data.images[i], uy, ux, size) for i, (uy, ux) in zip(idx[s].tolist(), u[s].tolist())])
-        return crops, self.data.labels[idx[s]], g
+            crops = torch.stack([crop_at(self.data.images[i], uy, ux, self.cfg.image_size) for i, (uy, ux) in zip(idx, pos)])
+        return crops, self.data.labels[idx], g
 
 
 def aux_batches(data: Dataset, cfg: TrainConfig, batch_size: int) -> Batches:
