@@ -10,14 +10,13 @@ Output: grayscale 28x28 PNGs at ``OUT/<digit>/<row index>.png``.
 import argparse
 import gzip
 import pathlib
-import shutil
 import sys
 from collections import Counter
 
 import numpy as np
+from dataset_folder import DATA, prepare_out  # tools/, beside this script
 from PIL import Image
 
-DATA = pathlib.Path(__file__).resolve().parent.parent / "data"
 SIDE = 28
 
 
@@ -37,14 +36,6 @@ def load_digits(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     if pixels.min() < 0 or pixels.max() > 255 or not set(labels) <= set(range(10)):
         sys.exit(f"unexpected value ranges in {path}")
     return pixels.astype(np.uint8).reshape(-1, SIDE, SIDE), labels
-
-
-def prepare_out(out: pathlib.Path, force: bool) -> None:
-    if out.exists():
-        if not force:
-            sys.exit(f"{out} already exists; pass --force to rebuild it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
 
 
 def write_digits(images: np.ndarray, labels: np.ndarray, out: pathlib.Path) -> Counter:

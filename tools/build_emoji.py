@@ -14,13 +14,12 @@ are dropped.
 import argparse
 import pathlib
 import re
-import shutil
 import sys
 from collections import Counter
 
+from dataset_folder import DATA, prepare_out  # tools/, beside this script
 from PIL import Image
 
-DATA = pathlib.Path(__file__).resolve().parent.parent / "data"
 SKIN_TONES = {"1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff"}
 
 
@@ -56,14 +55,6 @@ def is_skin_tone_variant(codepoints: str) -> bool:
 
 def folder_name(group: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", group.lower()).strip("-")
-
-
-def prepare_out(out: pathlib.Path, force: bool) -> None:
-    if out.exists():
-        if not force:
-            sys.exit(f"{out} already exists; pass --force to rebuild it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
 
 
 def label_pngs(pngs: list[pathlib.Path], groups: dict[str, str]):

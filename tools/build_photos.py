@@ -15,13 +15,12 @@ Held-out set (``--heldout [DIR]``): scikit-learn's ``load_sample_images()``
 import argparse
 import math
 import pathlib
-import shutil
 import sys
 
 import numpy as np
+from dataset_folder import DATA, prepare_out  # tools/, beside this script
 from PIL import Image
 
-DATA = pathlib.Path(__file__).resolve().parent.parent / "data"
 PLASMA_DIR = pathlib.Path("/usr/share/wallpapers")
 MATE_DIR = pathlib.Path("/usr/share/backgrounds/mate")
 APT_HINT = "sudo apt-get install -y plasma-workspace-wallpapers mate-backgrounds"
@@ -29,17 +28,11 @@ APT_HINT = "sudo apt-get install -y plasma-workspace-wallpapers mate-backgrounds
 # Photographs only. Skipped as non-photos: Altai, Autumn (painting), Canopee,
 # Cascade, Cluster, Elarun, Flow, FlyingKonqui, Honeywave, IceCold, Kay, Kokkini,
 # MilkyWay, Opal, PastelHills, Patak, SafeLanding, Shell, Volna.
-PLASMA_PHOTOS = (
-    "BytheWater ColdRipple ColorfulCups DarkestHour EveningGlow FallenLeaf Grey Kite "
-    "OneStandsOut Path summer_1am"
-).split()
+PLASMA_PHOTOS = ["BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey", "Kite", "OneStandsOut", "Path", "summer_1am"]
 # mate/abstract and mate/desktop are artwork, logos or blurred gradients.
-MATE_PHOTOS = (
-    "Aqua Blinds Dune FreshFlower Garden GreenMeadow LadyBird RainDrops Storm TwoWings "
-    "Wood YellowFlower"
-).split()
+MATE_PHOTOS = ["Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm", "TwoWings", "Wood", "YellowFlower"]
 # Colour photographs; gray, synthetic and microscopy/medical/astronomy images skipped.
-SKIMAGE_PHOTOS = "astronaut chelsea coffee rocket stereo_motorcycle".split()
+SKIMAGE_PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle"]
 HELDOUT_NAMES = ("china", "flower")
 MIN_SIDE = 400  # after halving
 
@@ -79,14 +72,6 @@ def skimage_photo(name: str) -> Image.Image:
         array = array[0]
     assert array.ndim == 3 and array.shape[2] == 3 and array.dtype == np.uint8, name
     return Image.fromarray(array)
-
-
-def prepare_out(out: pathlib.Path, force: bool) -> None:
-    if out.exists():
-        if not force:
-            sys.exit(f"{out} already exists; pass --force to rebuild it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
 
 
 def build_training(out: pathlib.Path, sources: dict) -> list[tuple[int, int]]:
