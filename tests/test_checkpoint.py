@@ -82,3 +82,17 @@ def test_spec_json_round_trip():
     _, spec = make_model()
     assert ModelSpec.from_json(spec.to_json()) == spec
     assert json.loads(spec.to_json())["task"] == "generate"
+
+
+def test_bfloat16_sampling_stays_close_to_float32(tmp_path):
+    from diffgen.checkpoint import in_bfloat16
+
+    model, spec = make_model()
+    save_model(tmp_path / "m.safetensors", model, spec)
+    loaded = load_model(tmp_path / "m.safetensors")
+    fast = in_bfloat16(loaded)
+    x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([3, 900]), torch.tensor([0, 1])
+    with torch.no_grad():
+        exact, approx = loaded.model(x, t, y), fast.model(x, t, y)
+    assert approx.dtype == torch.float32 and not torch.equal(exact, approx)
+    assert (approx - exact).abs().max() < 0.05 * exact.abs().max()
