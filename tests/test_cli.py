@@ -187,3 +187,16 @@ def test_a_short_run_is_a_prefix_of_a_longer_one(generator_run, tmp_path):
     for i in range(2):
         with Image.open(tmp_path / "2" / f"{i:05d}.png") as a, Image.open(tmp_path / "5" / f"{i:05d}.png") as b:
             assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 1  # batch size may round
+
+
+def test_a_moved_run_resumes_where_it_now_is(class_folder, tmp_path):
+    first = tmp_path / "first"
+    assert invoke("train", class_folder, "--out", first, "--image-size", 16, "--batch-size", 4, "--max-steps", 2).exit_code == 0
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    r = invoke("train", class_folder, "--out", moved, "--resume", "--max-steps", 3)
+    assert r.exit_code == 0, r.output
+    assert not first.exists()
+    from diffgen.checkpoint import load_model
+
+    assert load_model(moved / "model.safetensors").spec.train_steps == 3

@@ -186,8 +186,9 @@ def train(
 
     if resume and (out / "state.safetensors").exists():
         # A resumed run keeps its own settings; only --max-steps may extend it.
+        # The run keeps its own settings; the folders are where they are now (a run may have moved).
         cfg = load_config(out / "state.safetensors")
-        cfg = replace(cfg, max_steps=max_steps or cfg.max_steps)
+        cfg = replace(cfg, data_dir=data_dir, out_dir=out, max_steps=max_steps or cfg.max_steps)
     else:
         if max_steps and epochs:
             raise OptionError("--epochs and --max-steps: give one or the other")
