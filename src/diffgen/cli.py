@@ -87,10 +87,13 @@ def run_command(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from diffgen.errors import DiffgenError  # noqa: PLC0415
+        from diffgen.errors import DiffgenError, TrainingInterrupted  # noqa: PLC0415
 
         try:
             return fn(*args, **kwargs)
+        except TrainingInterrupted as e:  # asked for, and saved: not an error
+            console_err.print(f"[yellow]stopped:[/yellow] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
         except DiffgenError as e:
             raise fail(str(e), e.exit_code) from None
         except KeyboardInterrupt:
