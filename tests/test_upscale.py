@@ -1,6 +1,5 @@
 """Upscaling: tiling without seams, and every kind of image file in and out."""
 
-import io
 
 import numpy as np
 import pytest
