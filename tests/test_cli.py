@@ -200,3 +200,17 @@ def test_a_moved_run_resumes_where_it_now_is(class_folder, tmp_path):
     from diffgen.checkpoint import load_model
 
     assert load_model(moved / "model.safetensors").spec.train_steps == 3
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["generate", "--sampler", "foo"], "'foo' is not one of"),
+    (["generate", "--nn", "3"], "No such option: --nn"),
+    (["upscale"], "Missing argument"),
+])
+def test_the_console_script_reports_usage_errors_in_one_line(args, needle):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "diffgen", *args], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr

@@ -580,7 +580,27 @@ def print_table(table) -> None:
 
 
 def main() -> None:
-    app(prog_name="diffgen")
+    """The console script: click's usage errors become one line too, like diffgen's own."""
+    try:  # recent typer vendors click; older ones use the click package
+        from typer._click import exceptions as click_errors  # noqa: PLC0415
+    except ImportError:
+        from click import exceptions as click_errors  # noqa: PLC0415
+    no_args = getattr(click_errors, "NoArgsIsHelpError", ())  # click >= 8.2
+
+    try:
+        code = app(prog_name="diffgen", standalone_mode=False)
+    except no_args as e:
+        console_err.print(e.ctx.get_help() if e.ctx else str(e), highlight=False)
+        code = 2
+    except click_errors.UsageError as e:
+        command = e.ctx.command_path if e.ctx else "diffgen"
+        message = e.format_message().replace(": Value error, ", ": ")
+        console_err.print(f"[red]error:[/red] {message} (see `{command} --help`)", highlight=False, soft_wrap=True)
+        code = e.exit_code
+    except typer.Abort:
+        console_err.print("[red]error:[/red] interrupted", highlight=False)
+        code = 130
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":
