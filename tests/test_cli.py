@@ -214,3 +214,14 @@ def test_the_console_script_reports_usage_errors_in_one_line(args, needle):
     done = subprocess.run([sys.executable, "-m", "diffgen", *args], capture_output=True, text=True)
     assert done.returncode == 2
     assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_train_finishes_but_exits_3_when_it_skipped_files(tmp_path):
+    from conftest import write_blobs
+
+    write_blobs(tmp_path / "data", 4, 16, (200, 0, 0), seed=5)
+    (tmp_path / "data" / "zz_broken.png").write_bytes(b"not a png")
+    r = invoke("train", tmp_path / "data", "--out", tmp_path / "run", "--image-size", 16, "--batch-size", 4, "--max-steps", 1)
+    assert r.exit_code == 3, r.output
+    assert "zz_broken.png" in r.output and "1 unreadable file(s) skipped" in r.output
+    assert (tmp_path / "run" / "model.safetensors").is_file()

@@ -206,9 +206,15 @@ def train(
             sample_every=sample_every, log_every=log_every, workers=workers, device=device, epochs=epochs,
         )
     with TrainProgress(cfg.max_steps) as progress:
-        model_path = run_training(cfg, callback=progress.update, resume=resume)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
-        report_done(f"model written to {model_path}")
+        result = run_training(cfg, callback=progress.update, resume=resume)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
+    if result.skipped:
+        # Finished, but not on all the data: say so in the exit code too (see docs/guarantees.md).
+        console_err.print(f"[yellow]done, with {len(result.skipped)} unreadable file(s) skipped:[/yellow] "
+                          f"model written to {result.model_path}", highlight=False, soft_wrap=True)
+        raise typer.Exit(3)
+    report_done(f"model written to {result.model_path}")
 
 
 class TrainProgress:

@@ -313,8 +313,14 @@ def all_ranks(value: float, ranks: Ranks, op=None) -> float:
     return float(t) / (ranks.world if op is None else 1)
 
 
-def train(cfg: TrainConfig, *, callback: Callable[[Event], None] | None = None, resume: bool = False) -> Path:
-    """Train (or with `resume`, continue) a model; returns the path of RUN_DIR/model.safetensors."""
+@dataclass(frozen=True)
+class Trained:
+    model_path: Path  # RUN_DIR/model.safetensors
+    skipped: tuple[str, ...]  # data files that could not be read, with the reason
+
+
+def train(cfg: TrainConfig, *, callback: Callable[[Event], None] | None = None, resume: bool = False) -> Trained:
+    """Train (or with `resume`, continue) a model."""
     device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     ranks = init_distributed(device)
     notify = (callback or (lambda event: None)) if ranks.main else (lambda event: None)
@@ -376,7 +382,7 @@ def train(cfg: TrainConfig, *, callback: Callable[[Event], None] | None = None, 
                     f"stopped by {stop[0] if stop else 'a signal'} at step {step}; saved. Continue with: "
                     f"diffgen train {cfg.data_dir} --out {out} --resume"
                 )
-    return out / "model.safetensors"
+    return Trained(out / "model.safetensors", data.skipped)
 
 
 def load_data(cfg: TrainConfig, notify: Callable[[Event], None]) -> tuple[TrainConfig, Dataset]:
