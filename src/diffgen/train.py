@@ -340,6 +340,8 @@ def train(cfg: TrainConfig, *, callback: Callable[[Event], None] | None = None, 
     if resume:
         step, spec = load_state(out / "state.safetensors", model, ema, opt)
         truncate_log(out / "log.jsonl", step)
+        for leftover in out.glob(".*.safetensors.*.tmp"):  # half-written by a process that was killed
+            leftover.unlink(missing_ok=True)
         notify(Note(f"resuming {out} at step {step}"))
     batches = Batches(data, cfg, ranks, first_k=step * cfg.grad_accum)
     if cfg.task is Task.UPSCALE and not resume:
