@@ -133,6 +133,7 @@ def test_sigkill_during_training_leaves_a_loadable_checkpoint_that_resumes(class
     first.wait()
     steps = load_model(out / "model.safetensors").spec.train_steps
     assert steps >= 1
+    (out / ".state.safetensors.killed.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-write leaves
     done = subprocess.run([*base, "--resume", "--max-steps", str(steps + 2)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert load_model(out / "model.safetensors").spec.train_steps == steps + 2
