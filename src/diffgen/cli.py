@@ -92,7 +92,7 @@ def run_command(fn):
         try:
             return fn(*args, **kwargs)
         except TrainingInterrupted as e:  # asked for, and saved: not an error
-            console_err.print(f"[yellow]stopped:[/yellow] {e}", highlight=False, soft_wrap=True)
+            console_err.print(f"[yellow]{e}[/yellow]", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except DiffgenError as e:
             raise fail(str(e), e.exit_code) from None
@@ -494,16 +494,14 @@ def models() -> None:
     """
     from rich.table import Table  # noqa: PLC0415
 
-    from diffgen.checkpoint import load_model  # noqa: PLC0415
+    from diffgen.hub import read_model_file  # noqa: PLC0415
     from diffgen.models import bundled_models, default_model  # noqa: PLC0415
 
     table = Table(title="bundled models (use with --model NAME)")
     for col in ("name", "task", "image", "classes", "parameters", "file"):
         table.add_column(col)
     for name, path in bundled_models():
-        loaded = load_model(path)
-        spec = loaded.spec
-        params = sum(p.numel() for p in loaded.model.parameters())
+        spec, _, params = read_model_file(path)  # reads the file; builds no network
         task = spec.task.value + (f" x{spec.scale}" if spec.scale > 1 else "")
         default = " (default)" if name == default_model(spec.task) else ""
         classes = ", ".join(spec.class_names) or "-"
