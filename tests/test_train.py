@@ -27,6 +27,7 @@ def config(data, out, **kw):
 def test_resume_gives_bitwise_the_same_weights(class_folder, photo_folder, tmp_path, task):
     data = class_folder if task is Task.GENERATE else photo_folder
     kw = {"task": task, "image_size": 32, "batch_size": 2} if task is Task.UPSCALE else {}
+    kw["lr_decay"] = True  # the learning rate depends on the step, which resuming must restore
     train(config(data, tmp_path / "straight", **kw))
     train(config(data, tmp_path / "split", max_steps=2, **kw))
     train(config(data, tmp_path / "split", **kw), resume=True)
@@ -93,6 +94,41 @@ def test_data_order_visits_every_image_once_per_epoch():
         for epoch in range(len(flat) // n):
             assert sorted(flat[epoch * n : (epoch + 1) * n]) == list(range(n))
     assert not torch.equal(DataOrder(10, 10, 0).indices(0), DataOrder(10, 10, 0).indices(1))
+
+
+def test_learning_rate_warms_up_then_decays_to_zero_on_a_cosine():
+    from diffgen.train import learning_rate
+
+    cfg = TrainConfig(data_dir=None, out_dir=None, lr=1e-3, warmup_steps=10, max_steps=110, lr_decay=True)
+    assert learning_rate(cfg, 0) == pytest.approx(1e-4)
+    assert learning_rate(cfg, 9) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 60) == pytest.approx(0.5e-3)  # halfway through the decay
+    assert learning_rate(cfg, 110) == pytest.approx(0.0, abs=1e-12)
+    rates = [learning_rate(cfg, s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    assert learning_rate(replace(cfg, lr_decay=False), 100) == 1e-3
+
+
+def test_the_eight_dihedral_variants_are_distinct_and_zero_is_identity():
+    from diffgen.data import random_dihedral
+
+    x = torch.randn(1, 2, 5, 5)
+    variants = random_dihedral(x.expand(8, -1, -1, -1), torch.arange(8))
+    assert torch.equal(variants[0], x[0])
+    assert len({tuple(v.flatten().tolist()) for v in variants}) == 8
+    assert torch.equal(variants[5], x[0].flip(-1).transpose(-1, -2))  # mirror, then transpose
+
+
+def test_quantize_rounds_to_the_nearest_of_256_levels():
+    from diffgen.data import quantize
+
+    x = torch.rand(1000) * 2.2 - 1.1  # a little outside [-1, 1] too
+    q = quantize(x)
+    levels = (q + 1) * 127.5
+    assert torch.allclose(levels, levels.round(), atol=1e-4) and levels.min() >= 0 and levels.max() <= 255
+    inside = x.abs() <= 1
+    assert (q - x)[inside].abs().max() <= 1 / 255 + 1e-6
+    assert torch.equal(quantize(q), q)
 
 
 def test_upscaling_may_have_fewer_images_than_a_batch(photo_folder, tmp_path):

@@ -235,6 +235,18 @@ def random_flip(x: Tensor, flip: Tensor) -> Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
+def random_dihedral(x: Tensor, k: Tensor) -> Tensor:
+    """Apply one of the 8 flips and quarter turns to each square image of (B, C, H, W): k (B,) in 0..7."""
+    x = torch.where((k & 1).bool()[:, None, None, None], x.flip(-1), x)
+    x = torch.where((k & 2).bool()[:, None, None, None], x.flip(-2), x)
+    return torch.where((k & 4).bool()[:, None, None, None], x.transpose(-1, -2), x)
+
+
+def quantize(x: Tensor) -> Tensor:
+    """Round images in [-1, 1] to the 256 levels of an 8-bit file, as a real low-resolution input has."""
+    return ((x + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
+
+
 def downsample(hr: Tensor, scale: int) -> Tensor:
     """Antialiased bicubic downsampling by an integer factor (the LR half of an SR pair)."""
     h, w = hr.shape[-2:]

@@ -26,7 +26,8 @@ from torch import Tensor
 
 from diffgen.checkpoint import LoadedModel, ModelSpec, Task, save_model
 from diffgen.data import (
-    Crop, Dataset, DataOrder, FileImages, batch_generator, crop_at, downsample, open_dataset, random_flip, upsample,
+    Crop, Dataset, DataOrder, FileImages, batch_generator, crop_at, downsample, open_dataset, quantize, random_dihedral,
+    random_flip, upsample,
 )
 from diffgen.errors import DataError, DiffgenError, OptionError, TrainingInterrupted
 from diffgen.files import atomic_write
@@ -47,7 +48,7 @@ class TrainConfig:
     image_size: int = 32  # training resolution (HR crop size for upscaling)
     channels: int | None = None  # 1, 3 or 4; None: as the first image
     crop: Crop = Crop.CENTER  # centre crop once, or a random crop every time (always random for upscaling)
-    flip: bool = True  # random horizontal flips
+    flip: bool = True  # random horizontal flips; for upscaling, all 8 flips and quarter turns
     preset: str = "tiny"  # U-Net size: tiny, small or base
     base_channels: int | None = None  # overrides the preset's width of the first level
     channel_mults: tuple[int, ...] | None = None  # overrides the preset's width multiple of each level
@@ -59,6 +60,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per step
     lr: float = 2e-4  # peak learning rate of AdamW
     warmup_steps: int = 200  # linear learning-rate warm-up
+    lr_decay: bool = False  # after warm-up, cosine decay of the learning rate to zero at max_steps
     grad_clip: float = 1.0  # max global gradient norm
     ema_decay: float = 0.999  # EMA decay of the sampling weights
     prediction: Prediction = Prediction.EPS  # network target
@@ -246,11 +248,15 @@ def make_inputs(crops: Tensor, labels: Tensor, g: torch.Generator, spec: ModelSp
     flip = (torch.rand(micro, generator=g) < 0.5)[s]
     drop = (torch.rand(micro, generator=g) < cfg.label_dropout)[s]
     hr = to_model_range(crops)
+    if spec.task is Task.UPSCALE:
+        # Texture statistics of photos are much the same turned or mirrored, so use all 8 variants. The LR
+        # input is rounded to 8 bits like a real file's, and the residual is taken over its upsampling.
+        if cfg.flip:
+            hr = random_dihedral(hr, torch.randint(8, (micro,), generator=g)[s])
+        lr = quantize(downsample(hr, spec.scale))
+        return (hr - upsample(lr, spec.scale)) * spec.residual_scale, None, lr
     if cfg.flip:
         hr = random_flip(hr, flip)
-    if spec.task is Task.UPSCALE:
-        lr = downsample(hr, spec.scale)
-        return (hr - upsample(lr, spec.scale)) * spec.residual_scale, None, lr
     if not spec.class_names:
         return hr, None, None
     return hr, labels.masked_fill(drop, spec.unet.num_classes), None
@@ -285,7 +291,11 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    """Linear warm-up to cfg.lr, then constant or (lr_decay) a cosine down to zero at max_steps."""
+    if step < cfg.warmup_steps or not cfg.lr_decay:
+        return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    done = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
 
 
 @contextmanager
