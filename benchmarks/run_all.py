@@ -20,7 +20,7 @@ JOBS = {
     "sampling": ["sampling_speed.py"],
     "training": ["train_throughput.py"],
     "digits": ["digits_quality.py", "--n", "500", "--sampler", "ddim", "--steps", "50", "10"],
-    "digits_fast": ["digits_quality.py", "--n", "500", "--sampler", "dpm++2m", "--steps", "5", "10", "20"],
+    "digits_fast": ["digits_quality.py", "--n", "500", "--sampler", "dpm++2m", "--steps", "5", "10", "15", "20"],
     "upscale": ["upscale_speed.py", "--steps", "1", "2", "4"],
     "startup": ["startup.py"],
 }

@@ -225,3 +225,17 @@ def test_train_finishes_but_exits_3_when_it_skipped_files(tmp_path):
     assert r.exit_code == 3, r.output
     assert "zz_broken.png" in r.output and "1 unreadable file(s) skipped" in r.output
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_option_choices_mirror_the_core_enums():
+    """cli.py copies the core's enums so that --help need not import torch; the copies must agree."""
+    from diffgen import cli
+    from diffgen.checkpoint import Task
+    from diffgen.data import Crop
+    from diffgen.samplers import Sampler, Spacing
+    from diffgen.schedule import Prediction, ScheduleKind
+
+    pairs = [(cli.TaskOpt, Task), (cli.SamplerOpt, Sampler), (cli.SpacingOpt, Spacing), (cli.CropOpt, Crop),
+             (cli.PredictionOpt, Prediction), (cli.ScheduleOpt, ScheduleKind)]
+    for option, core in pairs:
+        assert [o.value for o in option] == [c.value for c in core], option.__name__

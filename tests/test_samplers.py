@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from diffgen.samplers import SIGMA_MAX, Spacing, ddim_step, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_heun, timesteps
+from diffgen.samplers import (
+    LAMBDA_MIN, SIGMA_MAX, Spacing, ddim_step, log_snr_half, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_heun, timesteps,
+)
 from diffgen.schedule import make_schedule
 
 MU, STD = 0.5, 0.3  # the data distribution N(MU, STD²) per pixel
@@ -44,6 +46,26 @@ def test_karras_spacing_follows_the_noise_levels():
     assert ts[-2] == 0
     gaps = [a - b for a, b in zip(ts[:-1], ts[1:-1])]
     assert gaps[0] < gaps[len(gaps) // 2]  # EDM's ρ = 7 spends steps near both ends of σ
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_logsnr_spacing_takes_even_steps_in_lambda(kind):
+    s = make_schedule(kind, 1000)
+    ts = timesteps(s, 12, Spacing.LOGSNR)[:-1]
+    lam = [float(log_snr_half(s.alpha_bar(t))) for t in ts]
+    assert ts[-1] == 0 and lam[0] == pytest.approx(max(LAMBDA_MIN, float(log_snr_half(s.alpha_bar(999)))), abs=0.05)
+    gaps = [b - a for a, b in zip(lam, lam[1:])]
+    assert max(gaps) - min(gaps) < 0.25 * sum(gaps) / len(gaps)  # even, up to rounding to whole steps
+
+
+@pytest.mark.parametrize("spacing", list(Spacing))
+def test_dpmpp_calls_the_model_once_per_step_and_never_on_clean_data(spacing):
+    s = make_schedule("cosine", 1000)
+    calls = []
+    denoise = gaussian_denoiser(s)
+    sample_dpmpp_2m(lambda x, t: calls.append(t) or denoise(x, t), torch.zeros(2, 1, 1, 1), s, 10, spacing=spacing)
+    assert len(calls) <= 10 and len(calls) >= 9  # Karras may merge two steps that round to one timestep
+    assert calls == sorted(calls, reverse=True) and 0 not in calls[:-1]
 
 
 def test_ddim_step_inverts_exactly():
@@ -130,3 +152,13 @@ def test_second_order_solvers_beat_ddim_at_equal_steps(solver, kind):
     out = solver(gaussian_denoiser(s), x, s, 25)
     assert out.mean().item() == pytest.approx(MU, abs=0.01)
     assert out.std().item() == pytest.approx(STD, rel=0.04)
+
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_dpmpp_is_more_accurate_with_even_steps_in_lambda_than_in_t(kind):
+    s = make_schedule(kind, 1000)
+    x = torch.randn(4_000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
+    exact = sample_ddim(gaussian_denoiser(s), x, s, 1000)
+    err = {sp: (sample_dpmpp_2m(gaussian_denoiser(s), x, s, 10, spacing=sp) - exact).abs().mean() for sp in Spacing}
+    assert err[Spacing.LOGSNR] < 0.5 * err[Spacing.UNIFORM]

@@ -48,6 +48,7 @@ class SpacingOpt(str, Enum):
     uniform = "uniform"
     trailing = "trailing"
     karras = "karras"
+    logsnr = "logsnr"
 
 
 class PredictionOpt(str, Enum):
@@ -264,7 +265,7 @@ def generate(
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 16,
     out: Annotated[Path, typer.Option(help="Folder for the numbered images.")] = Path("generated"),
     seed: Annotated[int, typer.Option(help="Run seed; image i gets its own seed from it.")] = 0,
-    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 20,
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 15,
     sampler: Annotated[SamplerOpt, typer.Option(help="Sampler.")] = SamplerOpt.dpmpp_2m,
     spacing: Annotated[Optional[SpacingOpt], typer.Option(help="Timestep spacing [default: the sampler's].")] = None,
     class_: Annotated[Optional[list[str]], typer.Option("--class", help="Class name or index; repeat for several; default: all in turn.")] = None,

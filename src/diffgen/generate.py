@@ -78,7 +78,7 @@ def generate_images(
     *,
     classes: list[int] | None = None,
     seed: int = 0,
-    steps: int = 20,
+    steps: int = 15,
     sampler: Sampler = Sampler.DPMPP_2M,
     spacing: Spacing | None = None,
     guidance: float = 0.0,

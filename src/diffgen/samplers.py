@@ -9,7 +9,8 @@ ends at -1 (the clean data, ᾱ = 1), one step for each consecutive pair (t, s).
 - DPM-Solver++(2M): Lu et al. 2022, "DPM-Solver++", Algorithm 2 (multistep, second order, data prediction).
 - Heun: Karras et al. 2022 ("EDM"), Algorithm 1 without churn, on the DDIM ODE in σ̃ = σ/α.
 - Spacing of the timesteps: uniform, trailing (Lin et al. 2024, "Common Diffusion Noise Schedules and
-  Sample Steps are Flawed") or Karras (EDM eq. 5, ρ = 7), all computed from the schedule's own T steps.
+  Sample Steps are Flawed"), Karras (EDM eq. 5, ρ = 7) or uniform in λ (DPM-Solver's "logSNR" spacing),
+  all computed from the schedule's own T steps.
 
 Code names: ab = ᾱ, alpha = sqrt(ᾱ), sigma = sqrt(1 - ᾱ), lam = λ = log(alpha / sigma).
 """
@@ -40,6 +41,7 @@ class Spacing(str, Enum):
     UNIFORM = "uniform"
     TRAILING = "trailing"
     KARRAS = "karras"
+    LOGSNR = "logsnr"
 
 
 def timesteps(schedule: Schedule, steps: int, spacing: Spacing = Spacing.UNIFORM) -> list[int]:
@@ -51,8 +53,10 @@ def timesteps(schedule: Schedule, steps: int, spacing: Spacing = Spacing.UNIFORM
         ts = torch.linspace(T - 1, 0, steps).round().long()
     elif spacing is Spacing.TRAILING:
         ts = (torch.arange(T, 0, -T / steps).round() - 1).long()[:steps]
-    else:
+    elif spacing is Spacing.KARRAS:
         ts = karras_timesteps(schedule, steps)
+    else:
+        ts = logsnr_timesteps(schedule, steps)
     return list(dict.fromkeys(ts.tolist())) + [-1]
 
 
@@ -71,6 +75,20 @@ def karras_timesteps(schedule: Schedule, steps: int, rho: float = 7.0) -> Tensor
     targets = ((hi + ramp * (lo - hi)) ** rho).log()
     # log σ̃ grows with t: find, for each target, the nearest timestep by its log σ̃.
     return (log_sigmas[None, :] - targets[:, None]).abs().argmin(dim=1)
+
+
+LAMBDA_MIN = -5.1  # DPM-Solver's clip of λ for cosine schedules; below it x_t is noise for any practical purpose
+
+
+def logsnr_timesteps(schedule: Schedule, steps: int) -> Tensor:
+    """Timesteps evenly spaced in λ = log(α/σ), from max(λ_T, LAMBDA_MIN) up to λ_0, mapped to the nearest step.
+
+    Even steps in λ are what the exponential-integrator solvers (DPM-Solver++) assume; a cosine schedule's
+    last steps span λ from -2.6 to -9.9, which uniform spacing in t would waste nothing on but Karras would.
+    """
+    lam = log_snr_half(schedule.alphas_cumprod.double())
+    targets = torch.linspace(max(float(lam[-1]), LAMBDA_MIN), float(lam[0]), steps, dtype=torch.float64)
+    return (lam[None, :] - targets[:, None]).abs().argmin(dim=1)
 
 
 def randn_like(x: Tensor, generator: Generators) -> Tensor:
@@ -144,22 +162,33 @@ def sample_ddpm(
     return sample_ddim(denoise, x, schedule, steps, eta=1.0, spacing=spacing, generator=generator, callback=callback)
 
 
+def solver_grid(schedule: Schedule, steps: int, spacing: Spacing) -> list[int]:
+    """The timesteps an ODE solver with `steps` model calls walks.
+
+    When the spacing reaches t = 0 (all but trailing do), the grid has steps + 1 points ending there and
+    the solver stops at t = 0 without a call: x_0 is the data up to noise of σ/α ≈ 0.006 (cosine), so a
+    call spent denoising it would be wasted. Otherwise the last call jumps to the clean data (-1).
+    """
+    ts = timesteps(schedule, min(steps + 1, schedule.num_timesteps), spacing)
+    return ts[:-1] if ts[-2] == 0 and len(ts) > 2 else timesteps(schedule, steps, spacing)
+
+
 def sample_dpmpp_2m(
     denoise: Denoise,
     x: Tensor,
     schedule: Schedule,
     steps: int,
     *,
-    spacing: Spacing = Spacing.KARRAS,
+    spacing: Spacing = Spacing.LOGSNR,
     generator: Generators = None,
     callback: Callback | None = None,
 ) -> Tensor:
     """DPM-Solver++(2M): a second-order multistep solver of the probability-flow ODE, one call per step.
 
-    Its extrapolation assumes steps of similar size in λ; Karras spacing keeps them so, while uniform
-    spacing makes the last steps jump in λ and the extrapolation overshoot (see the tests).
+    Its extrapolation assumes steps of similar size in λ, which logSNR spacing gives exactly; uniform
+    spacing in t makes the last steps jump in λ and the extrapolation overshoot (see the tests).
     """
-    ts = timesteps(schedule, steps, spacing)
+    ts = solver_grid(schedule, steps, spacing)
     x0_prev, h_prev = None, None
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         x0 = denoise(x, t)
@@ -167,8 +196,7 @@ def sample_dpmpp_2m(
             x = x0  # the last step lands on the data itself (first order, as λ_s = ∞)
         else:
             ab_t, ab_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
-            lam_t, lam_s = log_snr_half(ab_t), log_snr_half(ab_s)
-            h = lam_s - lam_t
+            h = log_snr_half(ab_s) - log_snr_half(ab_t)
             d = x0
             if x0_prev is not None:
                 r = h_prev / h
@@ -178,7 +206,7 @@ def sample_dpmpp_2m(
             x0_prev, h_prev = x0, h
         if callback is not None:
             callback(i + 1, len(ts) - 1)
-    return x
+    return x / schedule.alpha_bar(ts[-1]).sqrt() if ts[-1] >= 0 else x
 
 
 def log_snr_half(ab: Tensor) -> Tensor:
