@@ -96,3 +96,21 @@ def test_bfloat16_sampling_stays_close_to_float32(tmp_path):
         exact, approx = loaded.model(x, t, y), fast.model(x, t, y)
     assert approx.dtype == torch.float32 and not torch.equal(exact, approx)
     assert (approx - exact).abs().max() < 0.05 * exact.abs().max()
+
+
+def test_precision_auto_uses_bf16_only_where_the_cpu_is_fast_at_it(tmp_path, monkeypatch):
+    import diffgen.checkpoint as ckpt
+
+    model, spec = make_model()
+    save_model(tmp_path / "m.safetensors", model, spec)
+    loaded = load_model(tmp_path / "m.safetensors", task=Task.GENERATE)
+    for fast in (True, False):
+        monkeypatch.setattr(ckpt, "bf16_is_fast", lambda device, fast=fast: fast)
+        assert ckpt.with_precision(loaded, "auto").precision == ("bf16" if fast else "fp32")
+        assert ckpt.with_precision(loaded, "fp32").precision == "fp32"
+        assert ckpt.with_precision(loaded, "bf16").precision == "bf16"
+    x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([3, 900]), torch.tensor([0, 1])
+    with torch.no_grad():
+        full, half = loaded.model(x, t, y), ckpt.with_precision(loaded, "bf16").model(x, t, y)
+    assert half.dtype == torch.float32 and not torch.equal(full, half)
+    assert (half - full).norm() < 0.05 * full.norm()

@@ -136,12 +136,13 @@ def test_info_export_and_push_commands(generator_run, tmp_path, monkeypatch):
 
 
 def test_generated_pngs_record_the_model_and_settings(generator_run, tmp_path):
-    r = invoke("generate", "--model", generator_run, "--n", 1, "--out", tmp_path, "--steps", 2, "--sampler", "dpm++2m")
+    r = invoke("generate", "--model", generator_run, "--n", 1, "--out", tmp_path, "--steps", 2, "--sampler", "dpm++2m",
+               "--precision", "bf16")
     assert r.exit_code == 0, r.output
     with Image.open(tmp_path / "00000.png") as img:
         text = img.text
     assert text["model"] == "model.safetensors" and len(text["sha256"]) == 12
-    assert (text["sampler"], text["steps"], text["class_name"]) == ("dpm++2m", "2", "blue")
+    assert (text["sampler"], text["steps"], text["class_name"], text["precision"]) == ("dpm++2m", "2", "blue", "bf16")
 
 
 def test_internal_errors_are_one_line_with_a_debug_hint(generator_run, tmp_path, monkeypatch):

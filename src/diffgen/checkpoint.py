@@ -72,6 +72,7 @@ class LoadedModel:
     spec: ModelSpec
     model: torch.nn.Module  # the UNet, or a wrapper with the same call signature (see `in_bfloat16`)
     path: Path
+    precision: str = "fp32"  # what sampling computes in: fp32, or bf16 (autocast)
 
 
 class BFloat16Autocast(torch.nn.Module):
@@ -89,7 +90,28 @@ class BFloat16Autocast(torch.nn.Module):
 
 def in_bfloat16(loaded: LoadedModel) -> LoadedModel:
     """The same model, sampling in bfloat16 (outputs differ from float32 by about 1%)."""
-    return replace(loaded, model=BFloat16Autocast(loaded.model))
+    return replace(loaded, model=BFloat16Autocast(loaded.model), precision="bf16")
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere it is emulated, and slower.
+
+    GPUs are left in float32: bf16 sampling there has not been measured.
+    """
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these probes
+        return False
+
+
+def with_precision(loaded: LoadedModel, precision: str) -> LoadedModel:
+    """Sample in `precision`: fp32, bf16, or auto (bf16 where `bf16_is_fast`, else fp32)."""
+    device = next(loaded.model.parameters()).device
+    if precision == "bf16" or (precision == "auto" and bf16_is_fast(device)):
+        return in_bfloat16(loaded)
+    return loaded
 
 
 def save_model(path: Path, model: torch.nn.Module, spec: ModelSpec, *, half: bool = False) -> None:

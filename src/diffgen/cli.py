@@ -69,6 +69,7 @@ class FormatOpt(str, Enum):
 
 
 class PrecisionOpt(str, Enum):
+    auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
 
@@ -273,7 +274,7 @@ def generate(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
     grid: Annotated[Optional[Path], typer.Option(help="Also write all images as one grid to this file.")] = None,
     format: Annotated[FormatOpt, typer.Option("--format", help="Image format.")] = FormatOpt.png,
-    precision: Annotated[PrecisionOpt, typer.Option(help="bf16 samples faster where the CPU supports it.")] = PrecisionOpt.fp32,
+    precision: Annotated[PrecisionOpt, typer.Option(help="auto: bf16 on CPUs with native bf16 (about 1.4-2x faster), else fp32.")] = PrecisionOpt.auto,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
 ) -> None:
     """Generate images with a trained model.
@@ -308,7 +309,7 @@ def generate(
         )
     settings = {**model_identity(loaded.path), "sampler": sampler.value,
                 "spacing": spacing.value if spacing else "default", "steps": str(steps), "guidance": str(guidance),
-                "precision": precision.value, "run_seed": str(seed)}
+                "precision": loaded.precision, "run_seed": str(seed)}
     paths = write_images(images, out, fmt=format.value, info=settings, class_names=loaded.spec.class_names, grid=grid)
     report_done(f"{len(paths)} images in {out}" + (f", grid {grid}" if grid else ""))
 
@@ -347,7 +348,7 @@ def upscale(
     eta: Annotated[float, typer.Option(help="DDIM η: 0 is deterministic, 1 adds fresh noise each step.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     tile: Annotated[Optional[int], typer.Option(help="Tile side in input pixels [default: automatic].")] = None,
-    precision: Annotated[PrecisionOpt, typer.Option(help="bf16 samples faster where the CPU supports it.")] = PrecisionOpt.fp32,
+    precision: Annotated[PrecisionOpt, typer.Option(help="auto: bf16 on CPUs with native bf16 (about 1.4-2x faster), else fp32.")] = PrecisionOpt.auto,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
 ) -> None:
     """Upscale images with a diffusion super-resolution model.
@@ -430,9 +431,9 @@ def eval_upscale(
 
 
 def with_precision(loaded, precision: PrecisionOpt):
-    from diffgen.checkpoint import in_bfloat16  # noqa: PLC0415
+    from diffgen.checkpoint import with_precision as in_precision  # noqa: PLC0415
 
-    return in_bfloat16(loaded) if precision is PrecisionOpt.bf16 else loaded
+    return in_precision(loaded, precision.value)
 
 
 def open_upscaler(model: str | None, device: str, *, steps: int, eta: float, tile: int | None, scale: int | None = None):

@@ -210,7 +210,7 @@ def upscale_file(
     out, note = upscale_image(loaded, img, tile=tile, steps=steps, seed=seed, eta=eta, callback=callback)
     keep = carried_metadata(img)
     text = keep.pop("text") | {"diffgen": f"upscale x{loaded.spec.scale}", **model_identity(loaded.path),
-                               "steps": str(steps), "seed": str(seed)}
+                               "steps": str(steps), "eta": str(eta), "seed": str(seed), "precision": loaded.precision}
     dst.parent.mkdir(parents=True, exist_ok=True)
     save_image(out, dst, text=text, overwrite=overwrite, quality=quality, **keep)
     return Upscaled(src, dst, out.size, note)
