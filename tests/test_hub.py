@@ -149,6 +149,26 @@ def test_offline_and_not_cached_names_the_repo_and_the_fix(offline_hub):
     assert "run once online, or download it with `hf download someone/missing model.safetensors`" in message
 
 
+def test_an_unreachable_hub_fails_at_once_and_still_reads_the_cache(tmp_path, offline_hub, monkeypatch):
+    """No HF_HUB_OFFLINE, but no connection either: no 25 s of retries; a cached model still loads."""
+    import time
+
+    def no_network(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr("socket.create_connection", no_network)
+    start = time.monotonic()
+    with pytest.raises(CheckpointError, match="someone/missing: .*the Hub cannot be reached; run once online"):
+        open_model("someone/missing", Task.GENERATE)
+    assert time.monotonic() - start < 5
+    run = tiny_run(tmp_path)
+    put_in_cache(offline_hub, "user/name", hub.export_run(run, tmp_path / "export", repo_id="user/name"), COMMIT_A)
+    assert open_model("user/name", Task.GENERATE).spec == load_model(run / "model.safetensors").spec
+
+
 def test_card_config_and_sample_grid(tmp_path, offline_hub):
     run = tiny_run(tmp_path)
     out = hub.export_run(run, tmp_path / "export", repo_id="user/name", license="apache-2.0")

@@ -19,8 +19,10 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from diffgen import models
 from diffgen.checkpoint import (
@@ -72,6 +74,22 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub's endpoint opens within `timeout` seconds.
+
+    Without it, huggingface_hub retries a dead connection for about 25 s, logging every attempt. Behind a
+    proxy a direct connection says nothing, so then the answer is yes and the library finds out itself.
+    """
+    if any(os.environ.get(var) for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def hub_cache() -> Path | None:
     """The Hub cache the environment names now, in huggingface_hub's order; None leaves it to the library."""
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
@@ -87,10 +105,12 @@ def hub_model_file(repo_id: str, revision: str | None = None) -> Path:
 
     from diffgen import __version__
 
+    unreachable = not hub_offline() and not hub_reachable()
     try:
+        # Unreachable is treated like offline: the cache still answers, at once and without retries.
         path = hf_hub_download(
-            repo_id, MODEL_FILE, revision=revision, cache_dir=hub_cache(), local_files_only=hub_offline(),
-            library_name="diffgen", library_version=__version__,
+            repo_id, MODEL_FILE, revision=revision, cache_dir=hub_cache(),
+            local_files_only=hub_offline() or unreachable, library_name="diffgen", library_version=__version__,
         )
     except (EntryNotFoundError, HfHubHTTPError, *connection_errors()) as e:
         raise download_error(e, repo_id, revision) from None
