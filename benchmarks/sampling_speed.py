@@ -2,7 +2,8 @@
 
 diffgen's side is its real path: an unconditional U-Net of a preset with random weights is written
 with `save_model`, read back with `load_model`, and `generate_images` samples 16 images (PIL) with
-50 DDIM steps. The reference is diffusers' DDIMPipeline around the UNet2DModel of the same
+50 DDIM steps, at diffgen's default precision (`--precision auto`: bf16 autocast on CPUs with native
+bf16, else float32) and, as a second row, in float32. The reference is diffusers' DDIMPipeline around the UNet2DModel of the same
 architecture (reference_unet.py), with a DDIMScheduler on the same schedule: diffgen's training
 default is the cosine schedule of Nichol & Dhariwal, which is diffusers' "squaredcos_cap_v2" (same
 offset 0.008 and β cap 0.999); "linspace" spacing evaluates the same 50 timesteps as diffgen's
@@ -38,8 +39,9 @@ from diffusers import DDIMPipeline, DDIMScheduler
 from reference_unet import diffusers_unet, interleave, median_ratio, num_params
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffgen.checkpoint import LoadedModel, ModelSpec, load_model, save_model
+from diffgen.checkpoint import LoadedModel, ModelSpec, load_model, save_model, with_precision
 from diffgen.generate import generate_images
+from diffgen.samplers import Sampler
 from diffgen.schedule import ScheduleKind
 from diffgen.unet import UNet, preset
 
@@ -78,9 +80,12 @@ def diffusers_pipeline(loaded: LoadedModel) -> DDIMPipeline:
 
 
 def sampling_calls(loaded: LoadedModel, pipe: DDIMPipeline, steps: int) -> dict:
-    """Sample NUM_IMAGES PIL images with each library."""
+    """Sample NUM_IMAGES PIL images with each library (diffgen at its default precision and in float32)."""
+    default = with_precision(loaded, "auto")
+    ddim = lambda model: generate_images(model, NUM_IMAGES, steps=steps, sampler=Sampler.DDIM, batch_size=NUM_IMAGES)
     return {
-        "diffgen": lambda: generate_images(loaded, NUM_IMAGES, steps=steps, batch_size=NUM_IMAGES),
+        "diffgen": lambda: ddim(default),
+        "diffgen-fp32": lambda: ddim(loaded),
         "diffusers": lambda: pipe(batch_size=NUM_IMAGES, num_inference_steps=steps, eta=0.0,
                                   generator=torch.Generator().manual_seed(0), output_type="pil"),
     }
@@ -122,6 +127,7 @@ def summarise(sampling: dict, forwards: dict, flops: dict) -> dict:
         "sampling_seconds": sampling,
         "sampling_median_s": {k: statistics.median(v) for k, v in sampling.items()},
         "sampling_ratio": median_ratio(sampling["diffusers"], sampling["diffgen"]),
+        "sampling_ratio_fp32": median_ratio(sampling["diffusers"], sampling["diffgen-fp32"]),
         "forward_seconds": forwards,
         "forward_gflop": {k: v / 1e9 for k, v in flops.items()},
         "gflop_per_s": gflops,
@@ -137,8 +143,10 @@ def print_table(r: dict) -> None:
     print(f"{'':<12}{'params':>12}{'sampling s':>12}{'forward GFLOP':>15}{'GFLOP/s':>10}{'of matmul':>11}")
     for k in ("diffgen", "diffusers"):
         print(f"{k:<12}{r['params'][k]:>12,}{s[k]:>12.2f}{r['forward_gflop'][k]:>15.2f}{g[k]:>10.1f}{f[k]:>10.0%}")
+    print(f"{'diffgen-fp32':<12}{'':>12}{s['diffgen-fp32']:>12.2f}")
     print(f"{'matmul':<12}{'':>12}{'':>12}{r['forward_gflop']['matmul']:>15.2f}{g['matmul']:>10.1f}{1:>10.0%}")
-    print(f"\nsampling: diffgen is {r['sampling_ratio']:.2f}x diffusers' speed (goal >= 1.3x); "
+    print(f"\nsampling: diffgen ({r['precision']}) is {r['sampling_ratio']:.2f}x diffusers' speed (goal >= 1.3x), "
+          f"{r['sampling_ratio_fp32']:.2f}x in float32; "
           f"one forward: {r['forward_ratio']:.2f}x; diffgen U-Net reaches {f['diffgen']:.0%} of matmul GFLOP/s "
           f"(goal >= 60%)")
 
@@ -161,6 +169,7 @@ def main() -> None:
     forwards, flops = time_forwards(loaded, pipe, args.forward_repeats)
     results = {"torch": torch.__version__, "diffusers": diffusers.__version__, "threads": args.threads,
                "preset": args.preset, "steps": args.steps, "repeats": args.repeats,
+               "precision": with_precision(loaded, "auto").precision,
                "params": {"diffgen": num_params(loaded.model), "diffusers": num_params(pipe.unet)},
                **summarise(sampling, forwards, flops)}
     results["wall_s"] = time.perf_counter() - start
