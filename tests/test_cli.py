@@ -240,3 +240,15 @@ def test_option_choices_mirror_the_core_enums():
              (cli.PredictionOpt, Prediction), (cli.ScheduleOpt, ScheduleKind)]
     for option, core in pairs:
         assert [o.value for o in option] == [c.value for c in core], option.__name__
+
+
+def test_grid_has_one_row_per_class_when_classes_are_even():
+    from diffgen.generate import Generated, grid_layout
+
+    def made(labels):
+        return [Generated(Image.new("L", (1, 1), i), i, i, label) for i, label in enumerate(labels)]
+
+    images, ncols = grid_layout(made([0, 1, 2, 0, 1, 2]))
+    assert ncols == 2 and [img.getpixel((0, 0)) for img in images] == [0, 3, 1, 4, 2, 5]
+    assert grid_layout(made([0, 1, 0]))[1] == 3  # uneven: rows of up to 8, in the order made
+    assert grid_layout(made([None] * 10))[1] == 8

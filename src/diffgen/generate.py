@@ -6,6 +6,7 @@ run of 4 images is a prefix of the same run with 16 (EDM's per-seed generators, 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,9 +125,18 @@ def write_images(
             text |= {"class": str(g.label), "class_name": class_names[g.label] if class_names else str(g.label)}
         save_image(g.image, path, text=text)
     if grid is not None:
-        ncols = min(8, len(images))
-        save_image(make_grid([g.image for g in images], ncols), grid, text=info)
+        save_image(make_grid(*grid_layout(images)), grid, text=info)
     return paths
+
+
+def grid_layout(images: list[Generated]) -> tuple[list[Image.Image], int]:
+    """The grid's images in order and its number of columns: one row per class when several classes have
+    equally many images, else rows of 8 in the order made."""
+    counts = Counter(g.label for g in images)
+    if len(counts) > 1 and None not in counts and len(set(counts.values())) == 1:
+        by_class = sorted(images, key=lambda g: (g.label, g.index))
+        return [g.image for g in by_class], len(images) // len(counts)
+    return [g.image for g in images], min(8, len(images))
 
 
 def check_outputs_free(out_dir: Path, n: int, fmt: str, grid: Path | None) -> None:
