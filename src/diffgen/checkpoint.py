@@ -57,7 +57,7 @@ class ModelSpec:
         return json.dumps(d, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> ModelSpec:
+    def from_json(cls, text: str) -> "ModelSpec":
         d = json.loads(text)
         d["unet"] = UNetConfig.from_dict(d["unet"])
         d["task"] = Task(d["task"])

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from enum import Enum
-from itertools import pairwise
 
 import torch
 from torch import Tensor
@@ -136,7 +135,7 @@ def sample_ddim(
 ) -> Tensor:
     """Sample with DDIM; η = 0 is deterministic given the starting noise x."""
     ts = timesteps(schedule, steps, spacing)
-    for i, (t, s) in enumerate(pairwise(ts)):
+    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         x0 = denoise(x, t)
         noise = randn_like(x, generator) if eta > 0 and s >= 0 else None
         x = ddim_step(x, x0, schedule.alpha_bar(t), schedule.alpha_bar(s), eta, noise)
@@ -191,7 +190,7 @@ def sample_dpmpp_2m(
     """
     ts = solver_grid(schedule, steps, spacing)
     x0_prev, h_prev = None, None
-    for i, (t, s) in enumerate(pairwise(ts)):
+    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         x0 = denoise(x, t)
         if s < 0:
             x = x0  # the last step lands on the data itself (first order, as λ_s = ∞)
@@ -230,7 +229,7 @@ def sample_heun(
     Steps that start above SIGMA_MAX stay first order: there the correction multiplies the ε error by σ̃.
     """
     ts = timesteps(schedule, steps, spacing)
-    for i, (t, s) in enumerate(pairwise(ts)):
+    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         ab_t, ab_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
         x0 = denoise(x, t)
         # In y = x/α and σ̃ = σ/α the ODE is dy/dσ̃ = ε; an Euler step there is a DDIM step.
