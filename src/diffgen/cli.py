@@ -164,7 +164,7 @@ def train(
     lr_decay: Annotated[bool, typer.Option("--lr-decay/--no-lr-decay", help="Cosine decay of the learning rate to zero at --max-steps.")] = False,
     grad_clip: Annotated[float, typer.Option(help="Max gradient norm.")] = 1.0,
     ema_decay: Annotated[float, typer.Option(help="EMA decay of the sampling weights.")] = 0.999,
-    prediction: Annotated[PredictionOpt, typer.Option(help="Network target.")] = PredictionOpt.eps,
+    prediction: Annotated[PredictionOpt, typer.Option(help="Network target (see docs/training.md).")] = PredictionOpt.v,
     schedule: Annotated[ScheduleOpt, typer.Option(help="Noise schedule.")] = ScheduleOpt.cosine,
     min_snr_gamma: Annotated[float, typer.Option(help="Min-SNR-γ loss weighting; 0 turns it off.")] = 5.0,
     label_dropout: Annotated[float, typer.Option(help="Share of labels dropped, for classifier-free guidance.")] = 0.1,

@@ -63,7 +63,7 @@ class TrainConfig:
     lr_decay: bool = False  # after warm-up, cosine decay of the learning rate to zero at max_steps
     grad_clip: float = 1.0  # max global gradient norm
     ema_decay: float = 0.999  # EMA decay of the sampling weights
-    prediction: Prediction = Prediction.EPS  # network target
+    prediction: Prediction = Prediction.V  # network target (v learns fastest per CPU-hour: docs/training.md)
     schedule: ScheduleKind = ScheduleKind.COSINE  # noise schedule
     num_timesteps: int = 1000  # T
     min_snr_gamma: float = 5.0  # Min-SNR-γ loss weighting; 0 turns it off
