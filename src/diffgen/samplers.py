@@ -83,8 +83,8 @@ LAMBDA_MIN = -5.1  # DPM-Solver's clip of λ for cosine schedules; below it x_t 
 def logsnr_timesteps(schedule: Schedule, steps: int) -> Tensor:
     """Timesteps evenly spaced in λ = log(α/σ), from max(λ_T, LAMBDA_MIN) up to λ_0, mapped to the nearest step.
 
-    Even steps in λ are what the exponential-integrator solvers (DPM-Solver++) assume; a cosine schedule's
-    last steps span λ from -2.6 to -9.9, which uniform spacing in t would waste nothing on but Karras would.
+    Even steps in λ are what the exponential-integrator solvers (DPM-Solver++) assume. A cosine schedule's
+    last 50 steps span λ from -2.6 to -9.9, where x_t is all but pure noise: below LAMBDA_MIN no step is spent.
     """
     lam = log_snr_half(schedule.alphas_cumprod.double())
     targets = torch.linspace(max(float(lam[-1]), LAMBDA_MIN), float(lam[0]), steps, dtype=torch.float64)
