@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from diffgen.models import BUNDLED
+
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLED = ("digits.safetensors", "upscale-x4.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,8 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_contains_the_bundled_weights(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    for name in BUNDLED:
-        assert f"diffgen/weights/{name}" in names
+    for file, _ in BUNDLED.values():
+        assert f"diffgen/weights/{file}" in names
     assert not any(n.startswith(("tests/", "data/", "runs/")) for n in names)
 
 
