@@ -18,7 +18,7 @@ import time
 import torch
 from PIL import Image
 
-from diffgen.checkpoint import Task
+from diffgen.checkpoint import Task, with_precision
 from diffgen.models import open_model
 from diffgen.upscale import DEFAULT_STEPS, upscale_image
 
@@ -46,16 +46,19 @@ def main() -> None:
     parser.add_argument("--image", default=None, help="input image [default: a 512x512 photo]")
     parser.add_argument("--steps", type=int, nargs="+", default=[DEFAULT_STEPS])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="as `diffgen upscale --precision` [default: auto]")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    loaded = open_model(args.model, Task.UPSCALE)
+    loaded = with_precision(open_model(args.model, Task.UPSCALE), args.precision)
     img = test_image(args.image)
     s = loaded.spec.scale
     megapixels = img.width * s * img.height * s / 1e6
     bicubic = timed(lambda: img.resize((img.width * s, img.height * s), Image.Resampling.BICUBIC), 5)
     rows = {"input": list(img.size), "output_megapixels": megapixels, "threads": torch.get_num_threads(),
+            "precision": loaded.precision,
             "pil_bicubic_s": bicubic, "diffgen_s": {}}
-    print(f"{img.width}x{img.height} -> {img.width * s}x{img.height * s} ({megapixels:.1f} MP), {torch.get_num_threads()} threads")
+    print(f"{img.width}x{img.height} -> {img.width * s}x{img.height * s} ({megapixels:.1f} MP), {torch.get_num_threads()} threads, {loaded.precision}")
     print(f"{'method':<22}{'seconds':>9}{'s / MP':>9}")
     print(f"{'PIL bicubic':<22}{bicubic:>9.3f}{bicubic / megapixels:>9.3f}")
     for steps in args.steps:
