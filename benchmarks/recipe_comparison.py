@@ -48,19 +48,17 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def train(name: str, extra: list[str], data: Path, runs: Path, steps: int) -> float | None:
-    """Train one variant (unless already done); its CPU seconds, or None when it was done before."""
+def train(name: str, extra: list[str], data: Path, runs: Path, steps: int) -> None:
+    """Train one variant unless it is done already; its CPU seconds go to RUN/cpu_seconds.txt."""
     out = runs / name
     if (out / "model.safetensors").exists():
-        return None
+        return
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     before = children_cpu_seconds()
     cmd = [sys.executable, "-m", "diffgen", "train", str(data), "--out", str(out), "--max-steps", str(steps),
            *BASE, *extra]
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-    seconds = children_cpu_seconds() - before
-    (out / "cpu_seconds.txt").write_text(f"{seconds:.1f}\n")
-    return seconds
+    (out / "cpu_seconds.txt").write_text(f"{children_cpu_seconds() - before:.1f}\n")
 
 
 def main() -> None:
