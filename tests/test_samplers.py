@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from diffgen.samplers import (
-    LAMBDA_MIN, SIGMA_MAX, Spacing, ddim_step, log_snr_half, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_heun, timesteps,
+    LAMBDA_MIN, SIGMA_MAX, Spacing, ddim_step, log_snr_half, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_heun,
+    sample_unipc, solver_grid, timesteps, unipc_weights,
 )
 from diffgen.schedule import make_schedule
 
@@ -58,12 +59,22 @@ def test_logsnr_spacing_takes_even_steps_in_lambda(kind):
     assert max(gaps) - min(gaps) < 0.25 * sum(gaps) / len(gaps)  # even, up to rounding to whole steps
 
 
+def exact_ode_end(schedule, x, t):
+    """Where the probability-flow ODE from x at timestep t ends for Gaussian data, in closed form.
+
+    Along the ODE, (x_t - α_t MU) / sqrt(α_t² STD² + σ_t²) stays constant; at t = -1 that is (x0 - MU) / STD.
+    """
+    ab = schedule.alpha_bar(t).double()
+    return MU + STD * (x.double() - ab.sqrt() * MU) / (ab * STD**2 + 1 - ab).sqrt()
+
+
+@pytest.mark.parametrize("solver", [sample_dpmpp_2m, sample_unipc])
 @pytest.mark.parametrize("spacing", list(Spacing))
-def test_dpmpp_calls_the_model_once_per_step_and_never_on_clean_data(spacing):
+def test_multistep_solvers_call_the_model_once_per_step_and_never_on_clean_data(solver, spacing):
     s = make_schedule("cosine", 1000)
     calls = []
     denoise = gaussian_denoiser(s)
-    sample_dpmpp_2m(lambda x, t: calls.append(t) or denoise(x, t), torch.zeros(2, 1, 1, 1), s, 10, spacing=spacing)
+    solver(lambda x, t: calls.append(t) or denoise(x, t), torch.zeros(2, 1, 1, 1), s, 10, spacing=spacing)
     assert len(calls) <= 10 and len(calls) >= 9  # Karras may merge two steps that round to one timestep
     assert calls == sorted(calls, reverse=True) and 0 not in calls[:-1]
 
@@ -139,7 +150,7 @@ def test_ddim_with_few_steps_is_the_exact_linear_map_for_gaussian_data():
     assert out.std().item() < STD  # the discretisation error of few steps
 
 
-@pytest.mark.parametrize("solver", [sample_dpmpp_2m, sample_heun])
+@pytest.mark.parametrize("solver", [sample_dpmpp_2m, sample_heun, sample_unipc])
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
 def test_second_order_solvers_beat_ddim_at_equal_steps(solver, kind):
     """On Gaussian data, 10 steps of a 2nd-order solver land closer to the exact ODE end point than DDIM."""
@@ -162,3 +173,32 @@ def test_dpmpp_is_more_accurate_with_even_steps_in_lambda_than_in_t(kind):
     exact = sample_ddim(gaussian_denoiser(s), x, s, 1000)
     err = {sp: (sample_dpmpp_2m(gaussian_denoiser(s), x, s, 10, spacing=sp) - exact).abs().mean() for sp in Spacing}
     assert err[Spacing.LOGSNR] < 0.5 * err[Spacing.UNIFORM]
+
+
+def test_unipc_weights_become_adams_bashforth_and_adams_moulton_for_small_steps():
+    """As h -> 0 the exponential integrator is a plain multistep method on x0: with D_k = (x0_k - x0) / r_k,
+    3rd-order Adams-Bashforth is x0 + (4/3) D_1 - (5/6) D_2 (points at -1, -2 steps) and 3rd-order
+    Adams-Moulton x0 + (1/12) D_1 + (5/12) D_new (points at -1 and +1)."""
+    h = torch.tensor(1e-4, dtype=torch.float64)
+    r = lambda *v: [torch.tensor(x, dtype=torch.float64) for x in v]
+    assert unipc_weights(h, r(-1.0, -2.0)).tolist() == pytest.approx([4 / 3, -5 / 6], abs=1e-3)
+    assert unipc_weights(h, r(-1.0, 1.0)).tolist() == pytest.approx([1 / 12, 5 / 12], abs=1e-3)
+    assert unipc_weights(torch.tensor(2.0), r(-1.0)).tolist() == [0.5]  # one point: UniPC's choice at any h
+    # Larger steps change the weights: the φ-functions of the exponential integrator, not a fixed formula.
+    assert unipc_weights(torch.tensor(1.0, dtype=torch.float64), r(-1.0, 1.0))[1] > 5 / 12 + 0.05
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_unipc_converges_faster_than_dpmpp_2m_and_faster_with_higher_order(kind):
+    """Errors against the closed-form ODE end point from the grid's first timestep (both start at λ_min)."""
+    s = make_schedule(kind, 1000)
+    x = torch.randn(4_000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
+
+    def err(solver, steps, **kw):
+        exact = exact_ode_end(s, x, solver_grid(s, steps, Spacing.LOGSNR)[0])
+        return (solver(gaussian_denoiser(s), x, s, steps, **kw).double() - exact).abs().mean().item()
+
+    assert err(sample_unipc, 40) < 0.5 * err(sample_dpmpp_2m, 40)
+    assert err(sample_unipc, 40, order=3) < 0.3 * err(sample_unipc, 40)
+    assert err(sample_unipc, 40) < 0.3 * err(sample_unipc, 20)  # better than 2nd order in the step
+    assert err(sample_unipc, 40, order=1) < 0.3 * err(sample_unipc, 20, order=1)  # UniC-1 makes DDIM 2nd order

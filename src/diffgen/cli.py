@@ -42,6 +42,7 @@ class SamplerOpt(str, Enum):
     ddim = "ddim"
     dpmpp_2m = "dpm++2m"
     heun = "heun"
+    unipc = "unipc"
 
 
 class SpacingOpt(str, Enum):

@@ -8,6 +8,8 @@ ends at -1 (the clean data, ᾱ = 1), one step for each consecutive pair (t, s).
   DDPM ancestral step of Ho et al. 2020 on the (possibly respaced) chain, which is how `sample_ddpm` works.
 - DPM-Solver++(2M): Lu et al. 2022, "DPM-Solver++", Algorithm 2 (multistep, second order, data prediction).
 - Heun: Karras et al. 2022 ("EDM"), Algorithm 1 without churn, on the DDIM ODE in σ̃ = σ/α.
+- UniPC: Zhao et al. 2023, "UniPC", the predictor-corrector with B(h) = e^h - 1 ("bh2") in data
+  prediction; its corrector reuses the next step's model call, so it costs nothing.
 - Spacing of the timesteps: uniform, trailing (Lin et al. 2024, "Common Diffusion Noise Schedules and
   Sample Steps are Flawed"), Karras (EDM eq. 5, ρ = 7) or uniform in λ (DPM-Solver's "logSNR" spacing),
   all computed from the schedule's own T steps.
@@ -35,6 +37,7 @@ class Sampler(str, Enum):
     DDIM = "ddim"
     DPMPP_2M = "dpm++2m"
     HEUN = "heun"
+    UNIPC = "unipc"
 
 
 class Spacing(str, Enum):
@@ -244,11 +247,81 @@ def sample_heun(
     return x
 
 
+def unipc_weights(h: Tensor, rks: Sequence[Tensor]) -> Tensor:
+    """The weights a_k of the differences D_k in a UniPC step (its eq. 9-10 with B(h) = e^-h - 1).
+
+    rks: the other points' offsets in λ, in units of the step h = λ_s - λ_t (earlier calls: rk < 0; the
+    corrector's new call: 1). The a_k solve Σ_k a_k r_k^(i-1) = i! φ_{i+1}(-h) / φ_1(-h) for i = 1..K, the
+    exponential integrator's order conditions; as h → 0 they become the Adams-Bashforth (predictor) and
+    Adams-Moulton (corrector) weights. With one point UniPC takes the limit, 1/2, for any h.
+    """
+    if len(rks) == 1:
+        return torch.full((1,), 0.5, dtype=torch.float64)
+    hh = -h.double()
+    rows, rhs = [], []
+    phi, factorial = torch.expm1(hh) / hh - 1, 1.0  # (-h) φ_2(-h), then (-h) φ_{i+1}(-h) i! recursively
+    for i in range(1, len(rks) + 1):
+        rows.append(torch.stack([r.double() ** (i - 1) for r in rks]))
+        rhs.append(phi * factorial / torch.expm1(hh))
+        factorial *= i + 1
+        phi = phi / hh - 1 / factorial
+    return torch.linalg.solve(torch.stack(rows), torch.stack(rhs))
+
+
+def unipc_terms(schedule: Schedule, s: int, h: Tensor, rks: Sequence[Tensor], diffs: Sequence[Tensor]) -> Tensor:
+    """α_s (e^-h - 1) Σ_k a_k D_k: what a UniPC step ending at s takes off its first-order (DDIM) result."""
+    weights = unipc_weights(h, rks).float()
+    return schedule.alpha_bar(s).sqrt() * torch.expm1(-h).float() * sum(w * d for w, d in zip(weights, diffs))
+
+
+def sample_unipc(
+    denoise: Denoise,
+    x: Tensor,
+    schedule: Schedule,
+    steps: int,
+    *,
+    spacing: Spacing = Spacing.LOGSNR,
+    order: int = 2,
+    generator: Generators = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """UniPC: a multistep predictor of the given order, one call per step, corrected one order higher.
+
+    The corrector needs the model at the predicted point, which is the call the next step makes anyway,
+    so it is free; the last step, which ends without a call, is not corrected.
+    """
+    ts = solver_grid(schedule, steps, spacing)
+    lam = {t: log_snr_half(schedule.alpha_bar(t)).double() for t in ts if t >= 0}
+    one = torch.ones((), dtype=torch.float64)
+    calls: list[tuple[int, Tensor]] = []  # the last `order` model calls, (t, x0), newest last
+    last = None  # the previous step, for its correction: (its first-order result, differences, rks, h)
+    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+        x0 = denoise(x, t)
+        if last is not None:
+            base, diffs, rks, h = last
+            x = base - unipc_terms(schedule, t, h, [*rks, one], [*diffs, x0 - calls[-1][1]])
+        calls = [*calls, (t, x0)][-order:]
+        if s < 0:
+            x = x0  # the last step lands on the data itself
+        else:
+            ab_t, ab_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
+            h = lam[s] - lam[t]
+            base = ((1 - ab_s) / (1 - ab_t)).sqrt() * x - ab_s.sqrt() * torch.expm1(-h).float() * x0
+            rks = [(lam[tk] - lam[t]) / h for tk, _ in calls[:-1]]
+            diffs = [(xk - x0) / r.float() for (_, xk), r in zip(calls[:-1], rks)]
+            x = base - unipc_terms(schedule, s, h, rks, diffs) if rks else base
+            last = (base, diffs, rks, h)
+        if callback is not None:
+            callback(i + 1, len(ts) - 1)
+    return x / schedule.alpha_bar(ts[-1]).sqrt() if ts[-1] >= 0 else x
+
+
 SAMPLERS = {
     Sampler.DDPM: sample_ddpm,
     Sampler.DDIM: sample_ddim,
     Sampler.DPMPP_2M: sample_dpmpp_2m,
     Sampler.HEUN: sample_heun,
+    Sampler.UNIPC: sample_unipc,
 }
 
 
