@@ -20,7 +20,7 @@ from PIL import Image
 
 from diffgen.checkpoint import Task, with_precision
 from diffgen.models import open_model
-from diffgen.upscale import DEFAULT_STEPS, upscale_image
+from diffgen.upscale import DEFAULT_STEPS, Sampling, upscale_image
 
 
 def test_image(path: str | None) -> Image.Image:
@@ -62,7 +62,7 @@ def main() -> None:
     print(f"{'method':<22}{'seconds':>9}{'s / MP':>9}")
     print(f"{'PIL bicubic':<22}{bicubic:>9.3f}{bicubic / megapixels:>9.3f}")
     for steps in args.steps:
-        seconds = timed(lambda: upscale_image(loaded, img, steps=steps), args.repeats)
+        seconds = timed(lambda: upscale_image(loaded, img, sampling=Sampling(steps=steps)), args.repeats)
         rows["diffgen_s"][steps] = seconds
         print(f"{f'diffgen, {steps} steps':<22}{seconds:>9.2f}{seconds / megapixels:>9.2f}")
     if args.json:

@@ -119,6 +119,15 @@ def test_the_eight_dihedral_variants_are_distinct_and_zero_is_identity():
     assert torch.equal(variants[5], x[0].flip(-1).transpose(-1, -2))  # mirror, then transpose
 
 
+def test_dihedral_numbers_views_as_the_training_augmentation_does_and_undoes_them():
+    from diffgen.data import dihedral, random_dihedral, undo_dihedral
+
+    square, wide = torch.randn(1, 2, 5, 5), torch.randn(1, 2, 3, 7)
+    for k in range(8):
+        assert torch.equal(dihedral(square, k), random_dihedral(square, torch.tensor([k])))
+        assert torch.equal(undo_dihedral(dihedral(wide, k), k), wide)
+
+
 def test_quantize_rounds_to_the_nearest_of_256_levels():
     from diffgen.data import quantize
 

@@ -7,12 +7,19 @@ import torch
 from PIL import Image, ImageCms, PngImagePlugin
 from typer.testing import CliRunner
 
+import diffgen.upscale
 from diffgen.checkpoint import ModelSpec, Task, load_model, save_model
 from diffgen.cli import app
 from diffgen.images import pil_to_tensor, to_model_range
 from diffgen.schedule import Prediction
 from diffgen.unet import UNet, preset
-from diffgen.upscale import plan_tiles, tile_starts, upscale_tiled
+from diffgen.upscale import (
+    Sampling,
+    plan_tiles,
+    tile_starts,
+    upscale_tensor,
+    upscale_tiled,
+)
 
 runner = CliRunner()
 
@@ -58,7 +65,7 @@ def test_feathered_blending_is_exact_where_tiles_agree(tmp_path):
     loaded = load_model(tmp_path / "zero.safetensors")
     flat = torch.full((3, 40, 56), 0.2)
     assert plan_tiles(40, 56, 32).count == 4
-    tiled = upscale_tiled(loaded, flat, tile=32, steps=1)
+    tiled = upscale_tiled(loaded, flat, tile=32, sampling=Sampling(steps=1))
     assert tiled.shape == (160, 224, 3)
     assert np.unique(tiled).tolist() == [round(1.2 * 127.5)]
 
@@ -66,14 +73,38 @@ def test_feathered_blending_is_exact_where_tiles_agree(tmp_path):
 def test_tiled_and_untiled_agree_and_show_no_seams(model_file):
     loaded = load_model(model_file)
     lr = to_model_range(pil_to_tensor(smooth_image(96, 64)))
-    whole = upscale_tiled(loaded, lr, tile=128, steps=2).astype(np.float64)
-    tiled = upscale_tiled(loaded, lr, tile=48, steps=2).astype(np.float64)
+    whole = upscale_tiled(loaded, lr, tile=128, sampling=Sampling(steps=2)).astype(np.float64)
+    tiled = upscale_tiled(loaded, lr, tile=48, sampling=Sampling(steps=2)).astype(np.float64)
     mse = ((whole - tiled) ** 2).mean()
     assert 10 * np.log10(255**2 / mse) > 40
     # The difference does not concentrate on tile seams: no column or row is much worse than the typical one.
     for axis in ((0, 2), (1, 2)):
         profile = np.abs(whole - tiled).mean(axis=axis)
         assert profile.max() < 4 * np.median(profile)
+
+
+def test_averaging_all_eight_views_makes_even_a_lopsided_model_equivariant(model_file, monkeypatch):
+    """Samples are upscales of flipped and turned inputs, turned back before they are averaged.
+
+    A stand-in for the model adds ramps from left to right and from top to bottom (no photo model should
+    prefer a side): one sample keeps them, two (the input and its mirror image) cancel the left-right one,
+    all 8 views make the result commute with every flip and turn.
+    """
+    def lopsided(loaded, lr, sampling, seed):
+        h, w = lr.shape[-2:]
+        across, down = torch.linspace(-0.02, 0.02, 4 * w), torch.linspace(0, 0.01, 4 * h)
+        return (across[None, :] + down[:, None]).expand(len(lr), lr.shape[1], -1, -1)
+
+    monkeypatch.setattr(diffgen.upscale, "sample_residual", lopsided)
+    loaded = load_model(model_file)
+    lr = to_model_range(pil_to_tensor(smooth_image(24, 16)))[None]
+    up = lambda x, n: upscale_tensor(loaded, x, Sampling(samples=n))
+    mirror = lambda x: x.flip(-1)
+    assert not torch.allclose(up(mirror(lr), 1), mirror(up(lr, 1)), atol=1e-3)
+    assert torch.allclose(up(mirror(lr), 2), mirror(up(lr, 2)), atol=1e-5)
+    for turn in (lambda x: x.rot90(1, (-2, -1)), lambda x: x.transpose(-1, -2), lambda x: x.flip(-2).flip(-1)):
+        assert not torch.allclose(up(turn(lr), 1), turn(up(lr, 1)), atol=1e-3)
+        assert torch.allclose(up(turn(lr), 8), turn(up(lr, 8)), atol=1e-5)
 
 
 def test_upscale_keeps_each_kind_of_image(model_file, tmp_path):
@@ -112,13 +143,14 @@ def test_exif_orientation_icc_and_png_text_are_respected(model_file, tmp_path):
     info = PngImagePlugin.PngInfo()
     info.add_text("Author", "someone")
     img.save(tmp_path / "tagged.png", pnginfo=info, icc_profile=icc)
-    r = invoke("upscale", tmp_path / "rotated.jpg", tmp_path / "tagged.png", "--model", model_file, "--steps", 1)
+    r = invoke("upscale", tmp_path / "rotated.jpg", tmp_path / "tagged.png", "--model", model_file, "--steps", 1,
+               "--samples", 8)
     assert r.exit_code == 0, r.output
     with Image.open(tmp_path / "rotated_x4.png") as out:
         assert out.size == (32, 64)
     with Image.open(tmp_path / "tagged_x4.png") as out:
         assert out.info.get("icc_profile") == icc
-        assert out.text["Author"] == "someone" and out.text["steps"] == "1"
+        assert out.text["Author"] == "someone" and (out.text["steps"], out.text["samples"]) == ("1", "8")
 
 
 def test_output_names_formats_and_overwrite_rules(model_file, tmp_path):
@@ -161,3 +193,5 @@ def test_eval_upscale_prints_a_table_with_both_methods(model_file, tmp_path):
     assert r.exit_code == 0, r.output
     for needle in ("a.png", "b.png", "mean", "bicubic PSNR", "diffgen SSIM"):
         assert needle in r.output
+    r = invoke("eval-upscale", tmp_path, "--model", model_file, "--steps", 1, "--samples", 9)
+    assert r.exit_code == 2 and "--samples 9: must be between 1 and 8" in r.output

@@ -12,7 +12,7 @@ from diffgen.checkpoint import Task
 from diffgen.images import open_image
 from diffgen.metrics import bicubic_upscale, crop_to_multiple, make_lowres
 from diffgen.models import open_model
-from diffgen.upscale import DEFAULT_STEPS, upscale_image
+from diffgen.upscale import DEFAULT_STEPS, Sampling, upscale_image
 
 
 def labelled(img: Image.Image, text: str) -> Image.Image:
@@ -34,7 +34,7 @@ def main() -> None:
     s = loaded.spec.scale
     hr = crop_to_multiple(open_image(args.hr).convert("RGB"), s)
     lr = make_lowres(hr, s)
-    sr, _ = upscale_image(loaded, lr, steps=args.steps)
+    sr, _ = upscale_image(loaded, lr, sampling=Sampling(steps=args.steps))
     box = tuple(v // s * s for v in args.box)
     small = tuple(v // s for v in box)
     zoom = 2  # show the crops larger, with nearest-neighbour so no filter hides anything

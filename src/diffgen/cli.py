@@ -70,6 +70,7 @@ class FormatOpt(str, Enum):
 
 
 PRECISION_HELP = "auto: bf16 on CPUs with native bf16 (about 1.4-2x faster), else fp32."
+SAMPLES_HELP = "Upscales to average, each of another flip or turn of the input (1-8): higher PSNR, K times slower."
 
 
 class PrecisionOpt(str, Enum):
@@ -350,6 +351,7 @@ def upscale(
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output exists.")] = False,
     steps: Annotated[int, typer.Option(help="Sampling steps.")] = 2,
     eta: Annotated[float, typer.Option(help="DDIM η: 0 is deterministic, 1 adds fresh noise each step.")] = 0.0,
+    samples: Annotated[int, typer.Option(help=SAMPLES_HELP)] = 1,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     tile: Annotated[Optional[int], typer.Option(help="Tile side in input pixels [default: automatic].")] = None,
     precision: Annotated[PrecisionOpt, typer.Option(help=PRECISION_HELP)] = PrecisionOpt.auto,
@@ -369,7 +371,8 @@ def upscale(
         raise OptionError(f"--quality {quality}: must be between 1 and 100")
     if overwrite and skip_existing:
         raise OptionError("--overwrite and --skip-existing: choose one")
-    loaded = with_precision(open_upscaler(model, device, steps=steps, eta=eta, tile=tile, scale=scale), precision)
+    sampling = upscale_sampling(steps=steps, eta=eta, samples=samples, seed=seed)
+    loaded = with_precision(open_upscaler(model, device, sampling, tile=tile, scale=scale), precision)
     suffix = f"_x{loaded.spec.scale}" if suffix is None else suffix
     sources = collect_inputs(inputs, recursive=recursive, suffix=suffix)
     upscaled, skipped, failed = 0, 0, 0
@@ -382,8 +385,8 @@ def upscale(
                 continue
             progress.next_image(src.name)
             try:
-                result = upscale_file(loaded, src, dst, tile=tile, steps=steps, seed=seed, eta=eta,
-                                      overwrite=overwrite, quality=quality, callback=progress.tiles)
+                result = upscale_file(loaded, src, dst, tile=tile, sampling=sampling, overwrite=overwrite,
+                                      quality=quality, callback=progress.tiles)
             except DiffgenError as e:
                 failed += 1
                 progress.print(f"[red]error:[/red] {e}")
@@ -404,6 +407,7 @@ def eval_upscale(
     model: Annotated[Optional[str], typer.Option(help="Bundled name, .safetensors file or run folder [default: upscale-x4].")] = None,
     steps: Annotated[int, typer.Option(help="Sampling steps.")] = 2,
     eta: Annotated[float, typer.Option(help="DDIM η: 0 is deterministic, 1 adds fresh noise each step.")] = 0.0,
+    samples: Annotated[int, typer.Option(help=SAMPLES_HELP)] = 1,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     tile: Annotated[Optional[int], typer.Option(help="Tile side in input pixels [default: automatic].")] = None,
     precision: Annotated[PrecisionOpt, typer.Option(help=PRECISION_HELP)] = PrecisionOpt.auto,
@@ -421,13 +425,14 @@ def eval_upscale(
     from diffgen.metrics import evaluate, mean_row  # noqa: PLC0415
     from diffgen.upscale import upscale_image  # noqa: PLC0415
 
-    loaded = with_precision(open_upscaler(model, device, steps=steps, eta=eta, tile=tile), precision)
+    sampling = upscale_sampling(steps=steps, eta=eta, samples=samples, seed=seed)
+    loaded = with_precision(open_upscaler(model, device, sampling, tile=tile), precision)
     files, _, _ = find_images(hr_dir)
     with ItemProgress("scoring", len(files)) as advance:
-        rows = evaluate(lambda lr: upscale_image(loaded, lr, tile=tile, steps=steps, seed=seed, eta=eta)[0],
+        rows = evaluate(lambda lr: upscale_image(loaded, lr, tile=tile, sampling=sampling)[0],
                         files, loaded.spec.scale, callback=advance)
     table = Table(title=f"x{loaded.spec.scale} on {hr_dir}: PSNR (dB) and SSIM on Y, {steps} steps, η = {eta}, "
-                        f"{loaded.precision}")
+                        f"{samples} sample{'s' * (samples > 1)}, {loaded.precision}")
     for col in ("image", "bicubic PSNR", "diffgen PSNR", "gain", "bicubic SSIM", "diffgen SSIM", "seconds"):
         table.add_column(col, justify="left" if col == "image" else "right", no_wrap=True)
     for row in rows + [mean_row(rows)]:
@@ -442,23 +447,33 @@ def with_precision(loaded, precision: PrecisionOpt):
     return in_precision(loaded, precision.value)
 
 
-def open_upscaler(model: str | None, device: str, *, steps: int, eta: float, tile: int | None, scale: int | None = None):
+def upscale_sampling(*, steps: int, eta: float, samples: int, seed: int):
+    """Check the sampling options of upscale and eval-upscale."""
+    from diffgen.errors import OptionError  # noqa: PLC0415
+    from diffgen.upscale import MAX_SAMPLES, Sampling  # noqa: PLC0415
+
+    check_positive("--steps", steps)
+    if not 0 <= eta <= 1:
+        raise OptionError(f"--eta {eta}: must be between 0 and 1")
+    if not 1 <= samples <= MAX_SAMPLES:
+        raise OptionError(f"--samples {samples}: must be between 1 and {MAX_SAMPLES} (one per flip and turn)")
+    return Sampling(steps=steps, eta=eta, samples=samples, seed=seed)
+
+
+def open_upscaler(model: str | None, device: str, sampling, *, tile: int | None, scale: int | None = None):
     """Load an upscaling model and check the sampling options against it."""
     from diffgen.checkpoint import Task  # noqa: PLC0415
     from diffgen.errors import OptionError  # noqa: PLC0415
     from diffgen.models import open_model  # noqa: PLC0415
     from diffgen.train import pick_device  # noqa: PLC0415
 
-    check_positive("--steps", steps)
-    if not 0 <= eta <= 1:
-        raise OptionError(f"--eta {eta}: must be between 0 and 1")
     if tile is not None and tile < 32:
         raise OptionError(f"--tile {tile}: must be at least 32")
     loaded = open_model(model, Task.UPSCALE, pick_device(device))
     if scale is not None and scale != loaded.spec.scale:
         raise OptionError(f"--scale {scale}: this model upscales x{loaded.spec.scale}; pass --scale {loaded.spec.scale} or another --model")
-    if steps > loaded.spec.num_timesteps:
-        raise OptionError(f"--steps {steps}: this model has {loaded.spec.num_timesteps} timesteps; use at most that")
+    if sampling.steps > loaded.spec.num_timesteps:
+        raise OptionError(f"--steps {sampling.steps}: this model has {loaded.spec.num_timesteps} timesteps; use at most that")
     return loaded
 
 

@@ -242,6 +242,20 @@ def random_dihedral(x: Tensor, k: Tensor) -> Tensor:
     return torch.where((k & 4).bool()[:, None, None, None], x.transpose(-1, -2), x)
 
 
+def dihedral(x: Tensor, k: int) -> Tensor:
+    """Flip and turn (..., H, W) as `random_dihedral` does for k: bit 0 mirrors, bit 1 flips, bit 2 transposes."""
+    x = x.flip(-1) if k & 1 else x
+    x = x.flip(-2) if k & 2 else x
+    return x.transpose(-1, -2) if k & 4 else x
+
+
+def undo_dihedral(x: Tensor, k: int) -> Tensor:
+    """The inverse of `dihedral(x, k)`."""
+    x = x.transpose(-1, -2) if k & 4 else x
+    x = x.flip(-2) if k & 2 else x
+    return x.flip(-1) if k & 1 else x
+
+
 def quantize(x: Tensor) -> Tensor:
     """Round images in [-1, 1] to the 256 levels of an 8-bit file, as a real low-resolution input has."""
     return ((x + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1

@@ -36,7 +36,7 @@ from diffgen.images import make_grid, save_image, tensor_to_pil, to_model_range
 from diffgen.schedule import Prediction, ScheduleKind, min_snr_weight, q_sample, target
 from diffgen.state import load_state, save_state
 from diffgen.unet import PRESETS, UNet, UNetConfig, preset
-from diffgen.upscale import upscale_tensor
+from diffgen.upscale import Sampling, upscale_tensor
 
 
 @dataclass(frozen=True)
@@ -470,7 +470,7 @@ def write_samples(out: Path, loaded: LoadedModel, data: Dataset, cfg: TrainConfi
     if spec.task is Task.UPSCALE:
         hr = to_model_range(aux_batches(data, cfg, min(4, len(data))).get(0)[0])
         lr = downsample(hr, spec.scale)
-        sr = upscale_tensor(loaded, lr, seed=cfg.seed)
+        sr = upscale_tensor(loaded, lr, Sampling(seed=cfg.seed))
         rows = [[upsample(lr, spec.scale)[i], sr[i], hr[i]] for i in range(len(hr))]
         tiles, ncols = [tensor_to_pil(x.clamp(-1, 1)) for row in rows for x in row], 3
     else:

@@ -4,6 +4,10 @@ The model works at low resolution (see `unet.py`, `pixel_shuffle`) and denoises 
 HR - bicubic(LR), scaled by the model's `residual_scale` (the residual formulation of SRDiff, Li et
 al. 2022). The conditioning image is the LR input itself.
 
+`--samples K` averages K upscales, each of another mirror image or turn of the input (the self-ensemble
+of Timofte et al. 2016 and EDSR+): the model's errors differ between views, so the average is closer
+to the truth.
+
 Large images are cut into overlapping LR tiles; each tile's output is weighted by a feathered
 (linear ramp) mask and the weighted sum is normalised. Rows of tiles are finished one band at a time
 into an 8/16-bit canvas on the CPU, so memory stays bounded by the output size plus one band.
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import glob
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffgen.checkpoint import LoadedModel
-from diffgen.data import derived_seed, upsample
+from diffgen.data import derived_seed, dihedral, undo_dihedral, upsample
 from diffgen.denoiser import make_denoiser
 from diffgen.errors import OptionError
 from diffgen.hub import model_identity
@@ -47,28 +51,46 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
-def upscale_tensor(
-    loaded: LoadedModel,
-    lowres: Tensor,
-    *,
-    steps: int = DEFAULT_STEPS,
-    seed: int = 0,
-    eta: float = 0.0,
-    callback: Progress | None = None,
-) -> Tensor:
-    """Upscale a (B, C, h, w) batch in [-1, 1] by the model's scale in one piece -> (B, C, s·h, s·w)."""
-    spec, model = loaded.spec, loaded.model
+@dataclass(frozen=True)
+class Sampling:
+    """How each image (or tile) is sampled."""
+
+    steps: int = DEFAULT_STEPS
+    eta: float = 0.0  # DDIM η
+    samples: int = 1  # upscales averaged, of views 0, 1, ... of the input (`data.dihedral`), 8 at most
+    seed: int = 0
+
+
+MAX_SAMPLES = 8  # one per flip and turn: beyond them only the noise would differ
+
+
+def upscale_tensor(loaded: LoadedModel, lowres: Tensor, sampling: Sampling = Sampling()) -> Tensor:
+    """Upscale a (B, C, h, w) batch in [-1, 1] by the model's scale in one piece -> (B, C, s·h, s·w).
+
+    Views 0-3 are mirror images, which keep the tile's shape; 4-7 are transposed.
+    """
+    spec = loaded.spec
     s = spec.scale
-    device = next(model.parameters()).device
+    device = next(loaded.model.parameters()).device
     h, w = lowres.shape[-2:]
     lr = pad_to_multiple(lowres.to(device, torch.float32), spec.unet.size_multiple // s)
     base = upsample(lr, s)
-    generator = torch.Generator().manual_seed(seed)
-    x = randn_like(base, generator)
-    denoise = make_denoiser(model, spec.make_schedule(), spec.prediction, cond=lr)
-    residual = sample_ddim(denoise, x, spec.make_schedule(), steps, eta=eta, generator=generator, callback=callback)
-    out = base + residual / spec.residual_scale
+    residual = torch.zeros_like(base)
+    for k in range(sampling.samples):
+        seed = sampling.seed if k == 0 else derived_seed(sampling.seed, k)
+        residual += undo_dihedral(sample_residual(loaded, dihedral(lr, k), sampling, seed), k)
+    out = base + residual / (sampling.samples * spec.residual_scale)
     return out[..., : s * h, : s * w].clamp(-1, 1).cpu()
+
+
+def sample_residual(loaded: LoadedModel, lr: Tensor, sampling: Sampling, seed: int) -> Tensor:
+    """One sample of the scaled residual HR - bicubic(LR) for a padded LR batch."""
+    spec = loaded.spec
+    schedule = spec.make_schedule()
+    generator = torch.Generator().manual_seed(seed)
+    x = randn_like(upsample(lr, spec.scale), generator)
+    denoise = make_denoiser(loaded.model, schedule, spec.prediction, cond=lr)
+    return sample_ddim(denoise, x, schedule, sampling.steps, eta=sampling.eta, generator=generator)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -113,9 +135,7 @@ def upscale_tiled(
     lowres: Tensor,
     *,
     tile: int | None = None,
-    steps: int = DEFAULT_STEPS,
-    seed: int = 0,
-    eta: float = 0.0,
+    sampling: Sampling = Sampling(),
     bits: int = 8,
     callback: Progress | None = None,
 ) -> np.ndarray:
@@ -133,10 +153,8 @@ def upscale_tiled(
         band, weight = grow_band(band, weight, bottom - band_top, s * w, c)
         for ix, x in enumerate(plan.xs):
             tw = min(plan.tile, w - x)
-            sr = upscale_tensor(
-                loaded, lowres[None, :, y : y + th, x : x + tw], steps=steps, eta=eta,
-                seed=derived_seed(seed, iy, ix),
-            )[0]
+            tile_sampling = replace(sampling, seed=derived_seed(sampling.seed, iy, ix))
+            sr = upscale_tensor(loaded, lowres[None, :, y : y + th, x : x + tw], tile_sampling)[0]
             fade = s * plan.overlap
             wy = ramp(s * th, fade, iy > 0, iy < len(plan.ys) - 1)
             wx = ramp(s * tw, fade, ix > 0, ix < len(plan.xs) - 1)
@@ -171,15 +189,13 @@ def upscale_image(
     img: Image.Image,
     *,
     tile: int | None = None,
-    steps: int = DEFAULT_STEPS,
-    seed: int = 0,
-    eta: float = 0.0,
+    sampling: Sampling = Sampling(),
     callback: Progress | None = None,
 ) -> tuple[Image.Image, str | None]:
     """Upscale a Pillow image of any mode into one of the same kind; also returns a conversion note."""
     planes = split_planes(img)
     pixels = upscale_tiled(
-        loaded, planes.colour, tile=tile, steps=steps, seed=seed, eta=eta, bits=planes.bits, callback=callback
+        loaded, planes.colour, tile=tile, sampling=sampling, bits=planes.bits, callback=callback
     )
     return merge_planes(pixels, planes), planes.note
 
@@ -198,19 +214,18 @@ def upscale_file(
     dst: Path,
     *,
     tile: int | None = None,
-    steps: int = DEFAULT_STEPS,
-    seed: int = 0,
-    eta: float = 0.0,
+    sampling: Sampling = Sampling(),
     overwrite: bool = False,
     quality: int = 95,
     callback: Progress | None = None,
 ) -> Upscaled:
     """Upscale one image file into `dst`, keeping its kind (grey, alpha, 16-bit), ICC profile and PNG text."""
     img = open_image(src)
-    out, note = upscale_image(loaded, img, tile=tile, steps=steps, seed=seed, eta=eta, callback=callback)
+    out, note = upscale_image(loaded, img, tile=tile, sampling=sampling, callback=callback)
     keep = carried_metadata(img)
     text = keep.pop("text") | {"diffgen": f"upscale x{loaded.spec.scale}", **model_identity(loaded.path),
-                               "steps": str(steps), "eta": str(eta), "seed": str(seed), "precision": loaded.precision}
+                               "steps": str(sampling.steps), "eta": str(sampling.eta), "samples": str(sampling.samples),
+                               "seed": str(sampling.seed), "precision": loaded.precision}
     dst.parent.mkdir(parents=True, exist_ok=True)
     save_image(out, dst, text=text, overwrite=overwrite, quality=quality, **keep)
     return Upscaled(src, dst, out.size, note)
