@@ -108,6 +108,21 @@ def test_train_refuses_an_existing_run_without_resume(generator_run, class_folde
     assert r.exit_code == 2 and "--resume" in r.output
 
 
+def test_a_run_another_trainer_holds_is_refused(generator_run, class_folder):
+    import fcntl
+
+    with open(generator_run / ".lock", "w") as held:  # as a running `diffgen train` holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        before = (generator_run / "state.safetensors").read_bytes()
+        r = invoke("train", class_folder, "--out", generator_run, "--resume", "--max-steps", 100)
+    assert r.exit_code == 2 and "another diffgen train is writing to this run" in r.output
+    assert (generator_run / "state.safetensors").read_bytes() == before
+    fresh = generator_run.parent / "fresh"
+    fresh.mkdir()
+    (fresh / ".lock").touch()  # left by a run that failed or finished: not a run, and not locked
+    assert invoke("train", class_folder, "--out", fresh, "--image-size", 16, "--batch-size", 4, "--max-steps", 1).exit_code == 0
+
+
 def test_train_reports_bad_data(tmp_path):
     (tmp_path / "data").mkdir()
     r = invoke("train", tmp_path / "data", "--out", tmp_path / "run")
