@@ -171,6 +171,10 @@ def solver_grid(schedule: Schedule, steps: int, spacing: Spacing) -> list[int]:
     When the spacing reaches t = 0 (all but trailing do), the grid has steps + 1 points ending there and
     the solver stops at t = 0 without a call: x_0 is the data up to noise of σ/α ≈ 0.006 (cosine), so a
     call spent denoising it would be wasted. Otherwise the last call jumps to the clean data (-1).
+
+    Multistep solvers take their last step at first order, as DPM-Solver and UniPC do for few steps
+    ("lower order final"). Measured on digits at n = 2,000: FD 2.46 at 6 UniPC steps against 3.25 with
+    a second-order last step, and no change at 8 or 10.
     """
     ts = timesteps(schedule, min(steps + 1, schedule.num_timesteps), spacing)
     return ts[:-1] if ts[-2] == 0 and len(ts) > 2 else timesteps(schedule, steps, spacing)
@@ -201,7 +205,7 @@ def sample_dpmpp_2m(
             ab_t, ab_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
             h = log_snr_half(ab_s) - log_snr_half(ab_t)
             d = x0
-            if x0_prev is not None:
+            if x0_prev is not None and s != ts[-1]:  # the last step is first order (see solver_grid)
                 r = h_prev / h
                 d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev  # DPM-Solver++ eq. for D_i
             # x_s = (σ_s/σ_t) x_t - α_s (e^{-h} - 1) D
@@ -307,8 +311,9 @@ def sample_unipc(
             ab_t, ab_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
             h = lam[s] - lam[t]
             base = ((1 - ab_s) / (1 - ab_t)).sqrt() * x - ab_s.sqrt() * torch.expm1(-h).float() * x0
-            rks = [(lam[tk] - lam[t]) / h for tk, _ in calls[:-1]]
-            diffs = [(xk - x0) / r.float() for (_, xk), r in zip(calls[:-1], rks)]
+            earlier = calls[:-1] if s != ts[-1] else []  # the last step is first order (see solver_grid)
+            rks = [(lam[tk] - lam[t]) / h for tk, _ in earlier]
+            diffs = [(xk - x0) / r.float() for (_, xk), r in zip(earlier, rks)]
             x = base - unipc_terms(schedule, s, h, rks, diffs) if rks else base
             last = (base, diffs, rks, h)
         if callback is not None:
