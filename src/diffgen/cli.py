@@ -70,7 +70,7 @@ class FormatOpt(str, Enum):
 
 
 PRECISION_HELP = "auto: bf16 on CPUs with native bf16 (about 1.4-2x faster), else fp32."
-SAMPLES_HELP = "Upscales to average, each of another flip or turn of the input (1-8): higher PSNR, K times slower."
+SAMPLES_HELP = "Upscales to average (1-8), each of another flip or turn of the input: higher PSNR, that many times the time."
 
 
 class PrecisionOpt(str, Enum):
@@ -271,8 +271,8 @@ def generate(
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 16,
     out: Annotated[Path, typer.Option(help="Folder for the numbered images.")] = Path("generated"),
     seed: Annotated[int, typer.Option(help="Run seed; image i gets its own seed from it.")] = 0,
-    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 15,
-    sampler: Annotated[SamplerOpt, typer.Option(help="Sampler.")] = SamplerOpt.dpmpp_2m,
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 10,
+    sampler: Annotated[SamplerOpt, typer.Option(help="Sampler.")] = SamplerOpt.unipc,
     spacing: Annotated[Optional[SpacingOpt], typer.Option(help="Timestep spacing [default: the sampler's].")] = None,
     class_: Annotated[Optional[list[str]], typer.Option("--class", help="Class name or index; repeat for several; default: all in turn.")] = None,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance weight w; 0 is none.")] = 0.0,

@@ -173,8 +173,9 @@ def solver_grid(schedule: Schedule, steps: int, spacing: Spacing) -> list[int]:
     call spent denoising it would be wasted. Otherwise the last call jumps to the clean data (-1).
 
     Multistep solvers take their last step at first order, as DPM-Solver and UniPC do for few steps
-    ("lower order final"). Measured on digits at n = 2,000: FD 2.46 at 6 UniPC steps against 3.25 with
-    a second-order last step, and no change at 8 or 10.
+    ("lower order final"). Measured on digits at n = 2,000, UniPC's FD is then monotonic in the steps:
+    2.65, 2.46, 2.04, 1.33 at 5, 6, 8, 10 steps, against 2.43, 3.25, 2.09, 1.32 with a second-order
+    last step.
     """
     ts = timesteps(schedule, min(steps + 1, schedule.num_timesteps), spacing)
     return ts[:-1] if ts[-2] == 0 and len(ts) > 2 else timesteps(schedule, steps, spacing)

@@ -194,9 +194,7 @@ def upscale_image(
 ) -> tuple[Image.Image, str | None]:
     """Upscale a Pillow image of any mode into one of the same kind; also returns a conversion note."""
     planes = split_planes(img)
-    pixels = upscale_tiled(
-        loaded, planes.colour, tile=tile, sampling=sampling, bits=planes.bits, callback=callback
-    )
+    pixels = upscale_tiled(loaded, planes.colour, tile=tile, sampling=sampling, bits=planes.bits, callback=callback)
     return merge_planes(pixels, planes), planes.note
 
 
