@@ -20,7 +20,7 @@ def test_two_processes_match_one_and_write_one_set_of_files(class_folder, tmp_pa
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("done: model written") == 1  # only rank 0 prints
     files = sorted(p.relative_to(tmp_path / "ddp").as_posix() for p in (tmp_path / "ddp").rglob("*") if p.is_file())
-    assert files == ["log.jsonl", "model.safetensors", "samples/step_000003.png", "state.safetensors"]
+    assert files == [".lock", "log.jsonl", "model.safetensors", "samples/step_000003.png", "state.safetensors"]
     assert len((tmp_path / "ddp" / "log.jsonl").read_text().splitlines()) == 3
 
     train(TrainConfig(data_dir=class_folder, out_dir=tmp_path / "one", image_size=16, batch_size=4, max_steps=3,
