@@ -27,6 +27,7 @@ app = typer.Typer(
 console = Console()
 console_err = Console(stderr=True)
 DEBUG = {"on": False}
+OWNS_PROCESS = {"on": False}  # set by main(): diffgen is the program, not a library inside another one
 
 # The option choices below mirror the core's enums (Task, Sampler, Spacing, ...): importing those
 # would import torch and make `--help` slow. Commands convert with e.g. Sampler(sampler.value).
@@ -82,6 +83,19 @@ class PrecisionOpt(str, Enum):
 class CropOpt(str, Enum):
     center = "center"
     random = "random"
+
+
+def freeze_imports() -> None:
+    """Exempt everything imported so far from garbage collection, when diffgen is the program.
+
+    torch's import leaves millions of objects that live as long as the process, and every full
+    collection walks them all: that cost `generate --n 16` 0.5 of its 1.9 s here. In another program
+    (or the tests) nothing is frozen: it would keep that program's uncollected garbage for good.
+    """
+    if OWNS_PROCESS["on"]:
+        import gc  # noqa: PLC0415
+
+        gc.freeze()
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -195,6 +209,8 @@ def train(
     from diffgen.train import TrainConfig  # noqa: PLC0415
     from diffgen.train import train as run_training  # noqa: PLC0415
 
+    freeze_imports()
+
     if resume and (out / "state.safetensors").exists():
         # A resumed run keeps its own settings; only --max-steps may extend it.
         # The run keeps its own settings; the folders are where they are now (a run may have moved).
@@ -296,6 +312,7 @@ def generate(
     from diffgen.samplers import Sampler, Spacing  # noqa: PLC0415
     from diffgen.train import pick_device  # noqa: PLC0415
 
+    freeze_imports()
     check_positive("--n", n)
     check_positive("--steps", steps)
     check_positive("--batch-size", batch_size)
@@ -367,6 +384,7 @@ def upscale(
     from diffgen.errors import DiffgenError, OptionError  # noqa: PLC0415
     from diffgen.upscale import collect_inputs, output_path, upscale_file  # noqa: PLC0415
 
+    freeze_imports()
     if not 1 <= quality <= 100:
         raise OptionError(f"--quality {quality}: must be between 1 and 100")
     if overwrite and skip_existing:
@@ -425,6 +443,7 @@ def eval_upscale(
     from diffgen.metrics import evaluate, mean_row  # noqa: PLC0415
     from diffgen.upscale import upscale_image  # noqa: PLC0415
 
+    freeze_imports()
     sampling = upscale_sampling(steps=steps, eta=eta, samples=samples, seed=seed)
     loaded = with_precision(open_upscaler(model, device, sampling, tile=tile), precision)
     files, _, _ = find_images(hr_dir)
@@ -616,6 +635,7 @@ def main() -> None:
         from click import exceptions as click_errors  # noqa: PLC0415
     no_args = getattr(click_errors, "NoArgsIsHelpError", ())  # click >= 8.2
 
+    OWNS_PROCESS["on"] = True
     try:
         code = app(prog_name="diffgen", standalone_mode=False)
     except no_args as e:
