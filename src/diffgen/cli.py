@@ -89,7 +89,7 @@ def freeze_imports() -> None:
     """Exempt everything imported so far from garbage collection, when diffgen is the program.
 
     torch's import leaves millions of objects that live as long as the process, and every full
-    collection walks them all: that cost `generate --n 16` 0.5 of its 1.9 s here. In another program
+    collection walks them all: that cost `generate --n 16` about 0.4 of its 1.7-1.9 s here. In another program
     (or the tests) nothing is frozen: it would keep that program's uncollected garbage for good.
     """
     if OWNS_PROCESS["on"]:

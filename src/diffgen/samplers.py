@@ -253,7 +253,7 @@ def sample_heun(
 
 
 def unipc_weights(h: Tensor, rks: Sequence[Tensor]) -> Tensor:
-    """The weights a_k of the differences D_k in a UniPC step (its eq. 9-10 with B(h) = e^-h - 1).
+    """The weights a_k of the differences D_k in a UniPC step (its eq. 9-10, bh2).
 
     rks: the other points' offsets in λ, in units of the step h = λ_s - λ_t (earlier calls: rk < 0; the
     corrector's new call: 1). The a_k solve Σ_k a_k r_k^(i-1) = i! φ_{i+1}(-h) / φ_1(-h) for i = 1..K, the
@@ -264,7 +264,7 @@ def unipc_weights(h: Tensor, rks: Sequence[Tensor]) -> Tensor:
         return torch.full((1,), 0.5, dtype=torch.float64)
     hh = -h.double()
     rows, rhs = [], []
-    phi, factorial = torch.expm1(hh) / hh - 1, 1.0  # (-h) φ_2(-h), then (-h) φ_{i+1}(-h) i! recursively
+    phi, factorial = torch.expm1(hh) / hh - 1, 1.0  # phi = (-h) φ_{i+1}(-h), from i = 1 on
     for i in range(1, len(rks) + 1):
         rows.append(torch.stack([r.double() ** (i - 1) for r in rks]))
         rhs.append(phi * factorial / torch.expm1(hh))
@@ -295,6 +295,8 @@ def sample_unipc(
     The corrector needs the model at the predicted point, which is the call the next step makes anyway,
     so it is free; the last step, which ends without a call, is not corrected.
     """
+    if order < 1:
+        raise ValueError(f"order must be at least 1, got {order}")
     ts = solver_grid(schedule, steps, spacing)
     lam = {t: log_snr_half(schedule.alpha_bar(t)).double() for t in ts if t >= 0}
     one = torch.ones((), dtype=torch.float64)
