@@ -341,60 +341,68 @@ def train(cfg: TrainConfig, *, callback: Callable[[Event], None] | None = None, 
         dist.barrier()  # every rank has checked --out before rank 0 writes to it
     cfg, data = load_data(cfg, notify)
     with run_lock(out, held=ranks.main):  # before the state is read: nobody else may be writing it
-        torch.manual_seed(cfg.seed)
-        spec = build_spec(cfg, data)
-        model = UNet(spec.unet).to(device)
-        ema = copy.deepcopy(model).requires_grad_(False)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-        step = 0
-        if resume:
-            step, spec = load_state(out / "state.safetensors", model, ema, opt)
-            truncate_log(out / "log.jsonl", step)
-            for leftover in out.glob(".*.safetensors.*.tmp"):  # half-written by a process that was killed
-                leftover.unlink(missing_ok=True)
-            notify(Note(f"resuming {out} at step {step}"))
-        batches = Batches(data, cfg, ranks, first_k=step * cfg.grad_accum)
-        if cfg.task is Task.UPSCALE and not resume:
-            spec = replace(spec, residual_scale=residual_scale(aux_batches(data, cfg, cfg.batch_size), cfg))
+        return train_loop(cfg, data, out, device, ranks, notify, resume)
+
+
+def train_loop(
+    cfg: TrainConfig, data: Dataset, out: Path, device: torch.device, ranks: Ranks,
+    notify: Callable[[Event], None], resume: bool,
+) -> Trained:
+    """The training loop of `train`, on a checked run folder that this process holds."""
+    torch.manual_seed(cfg.seed)
+    spec = build_spec(cfg, data)
+    model = UNet(spec.unet).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    step = 0
+    if resume:
+        step, spec = load_state(out / "state.safetensors", model, ema, opt)
+        truncate_log(out / "log.jsonl", step)
+        for leftover in out.glob(".*.safetensors.*.tmp"):  # half-written by a process that was killed
+            leftover.unlink(missing_ok=True)
+        notify(Note(f"resuming {out} at step {step}"))
+    batches = Batches(data, cfg, ranks, first_k=step * cfg.grad_accum)
+    if cfg.task is Task.UPSCALE and not resume:
+        spec = replace(spec, residual_scale=residual_scale(aux_batches(data, cfg, cfg.batch_size), cfg))
+    if ranks.main:
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+    net = torch.nn.parallel.DistributedDataParallel(model) if ranks.world > 1 else model
+    alphas_cumprod = spec.make_schedule().alphas_cumprod.float()
+
+    def checkpoint(at: int) -> None:
         if ranks.main:
-            (out / "samples").mkdir(parents=True, exist_ok=True)
-        net = torch.nn.parallel.DistributedDataParallel(model) if ranks.world > 1 else model
-        alphas_cumprod = spec.make_schedule().alphas_cumprod.float()
+            save_state(out / "state.safetensors", model, ema, opt, replace(spec, train_steps=at), cfg, at)
+            save_model(out / "model.safetensors", ema, replace(spec, train_steps=at))
 
-        def checkpoint(at: int) -> None:
-            if ranks.main:
-                save_state(out / "state.safetensors", model, ema, opt, replace(spec, train_steps=at), cfg, at)
-                save_model(out / "model.safetensors", ema, replace(spec, train_steps=at))
-
-        smoothed, seen, t0 = None, 0, time.perf_counter()
-        with stop_requests() as stop:
-            while step < cfg.max_steps:
-                loss = all_ranks(train_step(net, opt, batches, spec, cfg, alphas_cumprod, step), ranks)
-                if not math.isfinite(loss):
-                    raise DiffgenError(
-                        f"{out}: the loss became {loss} at step {step + 1}; the last good checkpoint is kept. "
-                        "Lower --lr and resume with --resume"
-                    )
-                update_ema(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
-                step += 1
-                seen += cfg.batch_size
-                smoothed = loss if smoothed is None else 0.98 * smoothed + 0.02 * loss
-                ips = seen / (time.perf_counter() - t0)
-                notify(Progress(step, cfg.max_steps, smoothed, ips))
-                if ranks.main and step % cfg.log_every == 0:
-                    record = {"step": step, "loss": loss, "lr": learning_rate(cfg, step - 1), "images_per_s": ips}
-                    append_log(out / "log.jsonl", record)
-                if ranks.main and (step % cfg.sample_every == 0 or step == cfg.max_steps):
-                    write_samples(out, LoadedModel(replace(spec, train_steps=step), ema.eval(), out), data, cfg, step)
-                if step % cfg.save_every == 0 or step == cfg.max_steps:
-                    checkpoint(step)
-                if all_ranks(float(bool(stop)), ranks, dist.ReduceOp.MAX if ranks.world > 1 else None):
-                    checkpoint(step)
-                    raise TrainingInterrupted(
-                        f"stopped by {stop[0] if stop else 'a signal'} at step {step}; saved. Continue with: "
-                        f"diffgen train {cfg.data_dir} --out {out} --resume"
-                    )
-        return Trained(out / "model.safetensors", data.skipped)
+    smoothed, seen, t0 = None, 0, time.perf_counter()
+    with stop_requests() as stop:
+        while step < cfg.max_steps:
+            loss = all_ranks(train_step(net, opt, batches, spec, cfg, alphas_cumprod, step), ranks)
+            if not math.isfinite(loss):
+                raise DiffgenError(
+                    f"{out}: the loss became {loss} at step {step + 1}; the last good checkpoint is kept. "
+                    "Lower --lr and resume with --resume"
+                )
+            update_ema(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            step += 1
+            seen += cfg.batch_size
+            smoothed = loss if smoothed is None else 0.98 * smoothed + 0.02 * loss
+            ips = seen / (time.perf_counter() - t0)
+            notify(Progress(step, cfg.max_steps, smoothed, ips))
+            if ranks.main and step % cfg.log_every == 0:
+                record = {"step": step, "loss": loss, "lr": learning_rate(cfg, step - 1), "images_per_s": ips}
+                append_log(out / "log.jsonl", record)
+            if ranks.main and (step % cfg.sample_every == 0 or step == cfg.max_steps):
+                write_samples(out, LoadedModel(replace(spec, train_steps=step), ema.eval(), out), data, cfg, step)
+            if step % cfg.save_every == 0 or step == cfg.max_steps:
+                checkpoint(step)
+            if all_ranks(float(bool(stop)), ranks, dist.ReduceOp.MAX if ranks.world > 1 else None):
+                checkpoint(step)
+                raise TrainingInterrupted(
+                    f"stopped by {stop[0] if stop else 'a signal'} at step {step}; saved. Continue with: "
+                    f"diffgen train {cfg.data_dir} --out {out} --resume"
+                )
+    return Trained(out / "model.safetensors", data.skipped)
 
 
 def load_data(cfg: TrainConfig, notify: Callable[[Event], None]) -> tuple[TrainConfig, Dataset]:
