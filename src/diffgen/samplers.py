@@ -311,9 +311,8 @@ def sample_unipc(
         if s < 0:
             x = x0  # the last step lands on the data itself
         else:
-            ab_t, ab_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
             h = lam[s] - lam[t]
-            base = ((1 - ab_s) / (1 - ab_t)).sqrt() * x - ab_s.sqrt() * torch.expm1(-h).float() * x0
+            base = ddim_step(x, x0, schedule.alpha_bar(t), schedule.alpha_bar(s), 0.0, None)  # first order
             earlier = calls[:-1] if s != ts[-1] else []  # the last step is first order (see solver_grid)
             rks = [(lam[tk] - lam[t]) / h for tk, _ in earlier]
             diffs = [(xk - x0) / r.float() for (_, xk), r in zip(earlier, rks)]

@@ -88,7 +88,8 @@ def sample_residual(loaded: LoadedModel, lr: Tensor, sampling: Sampling, seed: i
     spec = loaded.spec
     schedule = spec.make_schedule()
     generator = torch.Generator().manual_seed(seed)
-    x = randn_like(upsample(lr, spec.scale), generator)
+    b, c, h, w = lr.shape
+    x = randn_like(lr.new_empty(b, c, spec.scale * h, spec.scale * w), generator)
     denoise = make_denoiser(loaded.model, schedule, spec.prediction, cond=lr)
     return sample_ddim(denoise, x, schedule, sampling.steps, eta=sampling.eta, generator=generator)
 
