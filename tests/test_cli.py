@@ -267,3 +267,12 @@ def test_grid_has_one_row_per_class_when_classes_are_even():
     assert ncols == 2 and [img.getpixel((0, 0)) for img in images] == [0, 3, 1, 4, 2, 5]
     assert grid_layout(made([0, 1, 0]))[1] == 3  # uneven: rows of up to 8, in the order made
     assert grid_layout(made([None] * 10))[1] == 8
+
+
+@pytest.mark.parametrize(("command", "default"), [("upscale", "upscale-x4"), ("eval-upscale", "automatic"),
+                                                  ("train", "the preset's"), ("generate", "the sampler's")])
+def test_help_shows_defaults_written_as_words(command, default):
+    """A default in words must reach --help; rich markup once swallowed '[default: ...]' written into help text."""
+    r = runner.invoke(app, [command, "--help"], env={"COLUMNS": "300"})
+    assert r.exit_code == 0
+    assert f"[default: ({default})]" in r.output

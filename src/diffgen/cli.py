@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     help="Train diffusion models on folders of images, generate new images, and upscale photos.",
@@ -99,7 +100,7 @@ def freeze_imports() -> None:
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    console_err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    console_err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -113,7 +114,7 @@ def run_command(fn):
         try:
             return fn(*args, **kwargs)
         except TrainingInterrupted as e:  # asked for, and saved: not an error
-            console_err.print(f"[yellow]{e}[/yellow]", highlight=False, soft_wrap=True)
+            console_err.print(f"[yellow]{escape(str(e))}[/yellow]", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except DiffgenError as e:
             raise fail(str(e), e.exit_code) from None
@@ -167,11 +168,11 @@ def train(
     crop: Annotated[CropOpt, typer.Option(help="Centre crop once, or a random crop each time.")] = CropOpt.center,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips (upscaling: all flips and quarter turns).")] = True,
     preset: Annotated[str, typer.Option(help="U-Net size: tiny, small or base.")] = "tiny",
-    base_channels: Annotated[Optional[int], typer.Option(help="Width of the first level [default: the preset's].")] = None,
-    channel_mults: Annotated[Optional[str], typer.Option(help="Width multiple per level, e.g. 1,2,2 [default: the preset's].")] = None,
-    res_blocks: Annotated[Optional[int], typer.Option(help="Residual blocks per level [default: the preset's].")] = None,
-    attention_levels: Annotated[Optional[str], typer.Option(help="Levels with attention, e.g. 2 or 1,2 [default: the preset's].")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Optimisation steps [default: 2000, or the resumed run's].")] = None,
+    base_channels: Annotated[Optional[int], typer.Option(help="Width of the first level.", show_default="the preset's")] = None,
+    channel_mults: Annotated[Optional[str], typer.Option(help="Width multiple per level, e.g. 1,2,2.", show_default="the preset's")] = None,
+    res_blocks: Annotated[Optional[int], typer.Option(help="Residual blocks per level.", show_default="the preset's")] = None,
+    attention_levels: Annotated[Optional[str], typer.Option(help="Levels with attention, e.g. 2 or 1,2.", show_default="the preset's")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimisation steps.", show_default="2000, or the resumed run's")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the data, instead of --max-steps.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per step (over all processes).")] = 32,
     grad_accum: Annotated[int, typer.Option(help="Micro-batches per step.")] = 1,
@@ -237,7 +238,7 @@ def train(
     if result.skipped:
         # Finished, but not on all the data: say so in the exit code too (see docs/guarantees.md).
         console_err.print(f"[yellow]done, with {len(result.skipped)} unreadable file(s) skipped:[/yellow] "
-                          f"model written to {result.model_path}", highlight=False, soft_wrap=True)
+                          f"model written to {escape(str(result.model_path))}", highlight=False, soft_wrap=True)
         raise typer.Exit(3)
     report_done(f"model written to {result.model_path}")
 
@@ -268,7 +269,7 @@ class TrainProgress:
         from diffgen.train import Note  # noqa: PLC0415
 
         if isinstance(event, Note):
-            console_err.print(f"[yellow]note:[/yellow] {event.text}", highlight=False, soft_wrap=True)
+            console_err.print(f"[yellow]note:[/yellow] {escape(event.text)}", highlight=False, soft_wrap=True)
             return
         self.bar.update(self.task, completed=event.step, total=event.total, loss=event.loss, ips=event.images_per_s)
         if not self.interactive and (event.step % self.every == 0 or event.step == event.total):
@@ -277,7 +278,7 @@ class TrainProgress:
 
 
 def report_done(message: str) -> None:
-    console.print(f"[green]done:[/green] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[green]done:[/green] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -289,7 +290,7 @@ def generate(
     seed: Annotated[int, typer.Option(help="Run seed; image i gets its own seed from it.")] = 0,
     steps: Annotated[int, typer.Option(help="Sampling steps.")] = 10,
     sampler: Annotated[SamplerOpt, typer.Option(help="Sampler.")] = SamplerOpt.unipc,
-    spacing: Annotated[Optional[SpacingOpt], typer.Option(help="Timestep spacing [default: the sampler's].")] = None,
+    spacing: Annotated[Optional[SpacingOpt], typer.Option(help="Timestep spacing.", show_default="the sampler's")] = None,
     class_: Annotated[Optional[list[str]], typer.Option("--class", help="Class name or index; repeat for several; default: all in turn.")] = None,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance weight w; 0 is none.")] = 0.0,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
@@ -357,10 +358,10 @@ class ItemProgress:
 @run_command
 def upscale(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)],
-    model: Annotated[Optional[str], typer.Option(help="Bundled name, .safetensors file or run folder [default: upscale-x4].")] = None,
-    scale: Annotated[Optional[int], typer.Option(help="Upscaling factor; must match the model [default: the model's].")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output file, or folder [default: beside each input].")] = None,
-    suffix: Annotated[Optional[str], typer.Option(help="Added to output names [default: _x4 for x4].")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Bundled name, .safetensors file or run folder.", show_default="upscale-x4")] = None,
+    scale: Annotated[Optional[int], typer.Option(help="Upscaling factor; must match the model.", show_default="the model's")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output file, or folder.", show_default="beside each input")] = None,
+    suffix: Annotated[Optional[str], typer.Option(help="Added to output names.", show_default="_x4 for x4")] = None,
     format: Annotated[FormatOpt, typer.Option("--format", help="Output format.")] = FormatOpt.png,
     quality: Annotated[int, typer.Option(help="JPEG/WebP quality, 1-100.")] = 95,
     recursive: Annotated[bool, typer.Option("--recursive", help="Descend into sub-folders of folder inputs.")] = False,
@@ -370,7 +371,7 @@ def upscale(
     eta: Annotated[float, typer.Option(help="DDIM η: 0 is deterministic, 1 adds fresh noise each step.")] = 0.0,
     samples: Annotated[int, typer.Option(help=SAMPLES_HELP)] = 1,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
-    tile: Annotated[Optional[int], typer.Option(help="Tile side in input pixels [default: automatic].")] = None,
+    tile: Annotated[Optional[int], typer.Option(help="Tile side in input pixels.", show_default="automatic")] = None,
     precision: Annotated[PrecisionOpt, typer.Option(help=PRECISION_HELP)] = PrecisionOpt.auto,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
 ) -> None:
@@ -407,11 +408,11 @@ def upscale(
                                       quality=quality, callback=progress.tiles)
             except DiffgenError as e:
                 failed += 1
-                progress.print(f"[red]error:[/red] {e}")
+                progress.print(f"[red]error:[/red] {escape(str(e))}")
                 continue
             upscaled += 1
             note = f" ({result.note})" if result.note else ""
-            progress.print(f"{src} -> {dst} ({result.size[0]}x{result.size[1]}){note}")
+            progress.print(escape(f"{src} -> {dst} ({result.size[0]}x{result.size[1]}){note}"))
     summary = f"{upscaled} upscaled, {skipped} skipped, {failed} failed"
     if failed:
         raise fail(summary)
@@ -422,12 +423,12 @@ def upscale(
 @run_command
 def eval_upscale(
     hr_dir: Annotated[Path, typer.Argument(help="Folder of high-resolution images to score against.")],
-    model: Annotated[Optional[str], typer.Option(help="Bundled name, .safetensors file or run folder [default: upscale-x4].")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Bundled name, .safetensors file or run folder.", show_default="upscale-x4")] = None,
     steps: Annotated[int, typer.Option(help="Sampling steps.")] = 2,
     eta: Annotated[float, typer.Option(help="DDIM η: 0 is deterministic, 1 adds fresh noise each step.")] = 0.0,
     samples: Annotated[int, typer.Option(help=SAMPLES_HELP)] = 1,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
-    tile: Annotated[Optional[int], typer.Option(help="Tile side in input pixels [default: automatic].")] = None,
+    tile: Annotated[Optional[int], typer.Option(help="Tile side in input pixels.", show_default="automatic")] = None,
     precision: Annotated[PrecisionOpt, typer.Option(help=PRECISION_HELP)] = PrecisionOpt.auto,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
 ) -> None:
@@ -450,12 +451,12 @@ def eval_upscale(
     with ItemProgress("scoring", len(files)) as advance:
         rows = evaluate(lambda lr: upscale_image(loaded, lr, tile=tile, sampling=sampling)[0],
                         files, loaded.spec.scale, callback=advance)
-    table = Table(title=f"x{loaded.spec.scale} on {hr_dir}: PSNR (dB) and SSIM on Y, {steps} steps, η = {eta}, "
+    table = Table(title=f"x{loaded.spec.scale} on {escape(str(hr_dir))}: PSNR (dB) and SSIM on Y, {steps} steps, η = {eta}, "
                         f"{samples} sample{'s' * (samples > 1)}, {loaded.precision}")
     for col in ("image", "bicubic PSNR", "diffgen PSNR", "gain", "bicubic SSIM", "diffgen SSIM", "seconds"):
         table.add_column(col, justify="left" if col == "image" else "right", no_wrap=True)
     for row in rows + [mean_row(rows)]:
-        table.add_row(row.name, f"{row.bicubic.psnr:.2f}", f"{row.model.psnr:.2f}", f"{row.model.psnr - row.bicubic.psnr:+.2f}",
+        table.add_row(escape(row.name), f"{row.bicubic.psnr:.2f}", f"{row.model.psnr:.2f}", f"{row.model.psnr - row.bicubic.psnr:+.2f}",
                       f"{row.bicubic.ssim:.4f}", f"{row.model.ssim:.4f}", f"{row.seconds:.1f}")
     print_table(table)
 
@@ -550,7 +551,7 @@ def models() -> None:
         default = " (default)" if name == default_model(spec.task) else ""
         classes = ", ".join(spec.class_names) or "-"
         image = f"{spec.image_size}px, {spec.channels} ch"
-        table.add_row(name + default, task, image, classes, f"{params / 1e6:.2f} M", f"{path.stat().st_size / 1e6:.1f} MB")
+        table.add_row(name + default, task, image, escape(classes), f"{params / 1e6:.2f} M", f"{path.stat().st_size / 1e6:.1f} MB")
     print_table(table)
 
 
@@ -577,7 +578,7 @@ def info(
     table.add_column("field", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
     for key, value in facts.items():
-        table.add_row(key, value if isinstance(value, str) else json.dumps(value))
+        table.add_row(key, escape(value if isinstance(value, str) else json.dumps(value)))
     print_table(table)
 
 
@@ -644,7 +645,7 @@ def main() -> None:
     except click_errors.UsageError as e:
         command = e.ctx.command_path if e.ctx else "diffgen"
         message = e.format_message().replace(": Value error, ", ": ")
-        console_err.print(f"[red]error:[/red] {message} (see `{command} --help`)", highlight=False, soft_wrap=True)
+        console_err.print(f"[red]error:[/red] {escape(message)} (see `{command} --help`)", highlight=False, soft_wrap=True)
         code = e.exit_code
     except typer.Abort:
         console_err.print("[red]error:[/red] interrupted", highlight=False)
