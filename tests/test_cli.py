@@ -257,6 +257,27 @@ def test_option_choices_mirror_the_core_enums():
         assert [o.value for o in option] == [c.value for c in core], option.__name__
 
 
+def test_option_defaults_mirror_the_core():
+    """cli.py repeats the core's sampling defaults (importing them would import torch); they must agree."""
+    import inspect
+    import typing
+
+    from diffgen import cli, generate, models, upscale
+    from diffgen.checkpoint import Task
+
+    core, cli_generate = inspect.signature(generate.generate_images).parameters, inspect.signature(cli.generate).parameters
+    assert cli_generate["steps"].default == core["steps"].default
+    assert cli_generate["sampler"].default.value == core["sampler"].default.value
+    for command in (cli.upscale, cli.eval_upscale):
+        params = inspect.signature(command).parameters
+        assert params["steps"].default == upscale.Sampling().steps
+        assert params["eta"].default == upscale.Sampling().eta
+        assert params["samples"].default == upscale.Sampling().samples
+    for command, task in ((cli.generate, Task.GENERATE), (cli.upscale, Task.UPSCALE), (cli.eval_upscale, Task.UPSCALE)):
+        option = typing.get_type_hints(command, include_extras=True)["model"].__metadata__[0]
+        assert option.show_default == models.default_model(task)
+
+
 def test_grid_has_one_row_per_class_when_classes_are_even():
     from diffgen.generate import Generated, grid_layout
 

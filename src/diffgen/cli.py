@@ -284,7 +284,7 @@ def report_done(message: str) -> None:
 @app.command()
 @run_command
 def generate(
-    model: Annotated[Optional[str], typer.Option(help="Bundled name, .safetensors file or run folder; default: digits.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Bundled name, .safetensors file or run folder.", show_default="digits")] = None,
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 16,
     out: Annotated[Path, typer.Option(help="Folder for the numbered images.")] = Path("generated"),
     seed: Annotated[int, typer.Option(help="Run seed; image i gets its own seed from it.")] = 0,
