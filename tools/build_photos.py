@@ -8,8 +8,13 @@ Training sources (written flat to OUT as RGB PNGs):
     suppress compression artefacts before saving.
   * ``skimage.data``: the bundled colour photographs, saved as they are.
 
+``--scales 1,0.7,0.5`` also writes each training photo shrunk by the other factors (antialiased), so
+that the training set has the denser detail of smaller photos (scale augmentation).
+
 Held-out set (``--heldout [DIR]``): scikit-learn's ``load_sample_images()``
-(china, flower). They are never part of the training set.
+(china, flower). They are never part of the training set. A second held-out set
+(``--heldout-gray [DIR]``): scikit-image's grey photographs (camera, coins, moon and three
+textures), which the training set leaves out too; scores are on Y, so grey photos count fully.
 """
 
 import argparse
@@ -34,7 +39,9 @@ MATE_PHOTOS = ["Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow",
 # Colour photographs; gray, synthetic and microscopy/medical/astronomy images skipped.
 SKIMAGE_PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle"]
 HELDOUT_NAMES = ("china", "flower")
+HELDOUT_GRAY = ["camera", "coins", "moon", "grass", "gravel", "brick"]
 MIN_SIDE = 400  # after halving
+MIN_SCALED_SIDE = 128  # a shrunk copy smaller than this is not written
 
 
 def largest_variant(wallpaper: pathlib.Path) -> pathlib.Path | None:
@@ -74,20 +81,37 @@ def skimage_photo(name: str) -> Image.Image:
     return Image.fromarray(array)
 
 
-def build_training(out: pathlib.Path, sources: dict) -> list[tuple[int, int]]:
+def save_scaled(image: Image.Image, out: pathlib.Path, name: str, scales: list[float]) -> list[tuple[int, int]]:
+    """Save `image` once per scale (1 keeps it as it is); return the sizes written."""
+    sizes = []
+    for scale in scales:
+        size = (round(image.width * scale), round(image.height * scale))
+        if min(size) < MIN_SCALED_SIDE:
+            continue
+        scaled = image if scale == 1 else image.resize(size, Image.LANCZOS)
+        scaled.save(out / (f"{name}.png" if scale == 1 else f"{name}-x{scale:g}.png"))
+        sizes.append(size)
+    return sizes
+
+
+def build_training(out: pathlib.Path, sources: dict, scales: list[float]) -> list[tuple[int, int]]:
     sizes = []
     for name, path in sources.items():
         image = halve(Image.open(path).convert("RGB"))
         if min(image.size) < MIN_SIDE:
             print(f"note: skipping {path} (only {image.size} after halving)")
             continue
-        image.save(out / f"{name}.png")
-        sizes.append(image.size)
+        sizes += save_scaled(image, out, name, scales)
     for name in SKIMAGE_PHOTOS:
-        image = skimage_photo(name)
-        image.save(out / f"skimage-{name}.png")
-        sizes.append(image.size)
+        sizes += save_scaled(skimage_photo(name), out, f"skimage-{name}", scales)
     return sizes
+
+
+def scale_list(text: str) -> list[float]:
+    scales = [float(s) for s in text.split(",")]
+    if not all(0 < s <= 1 for s in scales):
+        raise argparse.ArgumentTypeError(f"{text}: scales must be in (0, 1], e.g. 1,0.7,0.5")
+    return scales
 
 
 def build_heldout(out: pathlib.Path) -> list[tuple[int, int]]:
@@ -99,6 +123,17 @@ def build_heldout(out: pathlib.Path) -> list[tuple[int, int]]:
     for array, name in zip(samples.images, names, strict=True):
         Image.fromarray(array).save(out / f"{name}.png")
     return [(a.shape[1], a.shape[0]) for a in samples.images]
+
+
+def build_heldout_gray(out: pathlib.Path) -> list[tuple[int, int]]:
+    import skimage.data
+
+    sizes = []
+    for name in HELDOUT_GRAY:
+        image = Image.fromarray(getattr(skimage.data, name)())
+        image.save(out / f"{name}.png")
+        sizes.append(image.size)
+    return sizes
 
 
 def main() -> None:
@@ -113,18 +148,36 @@ def main() -> None:
         help="build only the held-out set, into DIR (default data/heldout)",
     )
     parser.add_argument(
+        "--heldout-gray",
+        type=pathlib.Path,
+        nargs="?",
+        metavar="DIR",
+        const=DATA / "heldout-gray",
+        help="build only the grey held-out set, into DIR (default data/heldout-gray)",
+    )
+    parser.add_argument(
+        "--scales",
+        type=scale_list,
+        default=[1.0],
+        help="comma-separated factors in (0, 1]: write each training photo at each (default 1)",
+    )
+    parser.add_argument(
         "--force", action="store_true", help="delete and rebuild output"
     )
     args = parser.parse_args()
 
-    out = args.heldout or args.out
-    sources = None if args.heldout else debian_sources()  # check before touching out
+    if args.heldout:
+        out, kind, build = args.heldout, "held-out", build_heldout
+    elif args.heldout_gray:
+        out, kind, build = args.heldout_gray, "grey held-out", build_heldout_gray
+    else:
+        sources = debian_sources()  # check before touching out
+        out, kind, build = args.out, "training", lambda out: build_training(out, sources, args.scales)
     prepare_out(out, args.force)
-    sizes = build_heldout(out) if args.heldout else build_training(out, sources)
-    kind = "held-out" if args.heldout else "training"
+    sizes = build(out)
     sizes.sort(key=math.prod)
     print(
-        f"wrote {len(sizes)} {kind} photos (RGB PNG) to {out}; sizes from "
+        f"wrote {len(sizes)} {kind} photos (PNG) to {out}; sizes from "
         f"{sizes[0][0]}x{sizes[0][1]} to {sizes[-1][0]}x{sizes[-1][1]}"
     )
 
