@@ -106,6 +106,8 @@ def test_bad_options_exit_2_with_one_line(generator_run, tmp_path):
 def test_train_refuses_an_existing_run_without_resume(generator_run, class_folder):
     r = invoke("train", class_folder, "--out", generator_run, "--image-size", 16)
     assert r.exit_code == 2 and "--resume" in r.output
+    r = invoke("train", class_folder, "--out", generator_run, "--resume", "--init-from", generator_run)
+    assert r.exit_code == 2 and "--init-from and --resume" in r.output
 
 
 def test_a_run_another_trainer_holds_is_refused(generator_run, class_folder):

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 import diffgen.train
 from diffgen.checkpoint import Task
 from diffgen.data import Crop
-from diffgen.errors import DataError, DiffgenError, TrainingInterrupted
+from diffgen.errors import DataError, DiffgenError, OptionError, TrainingInterrupted
+from diffgen.schedule import Prediction
 from diffgen.train import TrainConfig, train
 
 
@@ -174,3 +175,29 @@ def test_every_common_format_and_mode_trains_and_bad_files_are_skipped(tmp_path)
     out = tmp_path / "run"
     train(config(root, out, max_steps=1, batch_size=4))
     assert load_file(out / "model.safetensors")
+
+
+def test_init_from_starts_from_the_models_weights_and_keeps_its_spec(photo_folder, tmp_path):
+    from diffgen.checkpoint import load_model
+
+    kw = {"task": Task.UPSCALE, "image_size": 32, "batch_size": 2, "max_steps": 2}
+    first = train(config(photo_folder, tmp_path / "first", prediction=Prediction.X0, **kw)).model_path
+    # lr 0: the fine-tune's weights stay the ones it started from, whatever preset or target it was given.
+    tuned = train(config(photo_folder, tmp_path / "tuned", preset="small", init_from=str(first), lr=0.0, **kw))
+    a, b = load_model(first), load_model(tuned.model_path)
+    assert b.spec.unet == a.spec.unet and b.spec.prediction is Prediction.X0
+    assert b.spec.residual_scale == a.spec.residual_scale and b.spec.extra["init_from"] == str(first)
+    for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_init_from_refuses_a_model_for_other_data(class_folder, photo_folder, tmp_path):
+    generator = train(config(class_folder, tmp_path / "gen", max_steps=1)).model_path
+    with pytest.raises(OptionError, match="--init-from .*task is generate, this run's is upscale"):
+        train(config(photo_folder, tmp_path / "sr", task=Task.UPSCALE, image_size=32, init_from=str(generator)))
+    (tmp_path / "more").mkdir()
+    for name in ("blue", "green", "red"):  # the class folder's classes and one more
+        (tmp_path / "more" / name).symlink_to(class_folder / ("red" if name == "green" else name))
+    with pytest.raises(OptionError, match="--init-from .*classes"):
+        train(config(tmp_path / "more", tmp_path / "gen2", init_from=str(generator)))
+    assert not (tmp_path / "gen2" / "state.safetensors").exists()

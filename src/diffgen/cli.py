@@ -192,6 +192,7 @@ def train(
     workers: Annotated[int, typer.Option(help="DataLoader workers when the data is too big for memory.")] = 2,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out where it stopped.")] = False,
+    init_from: Annotated[Optional[str], typer.Option(help="Fine-tune: start from this model (bundled name, file or run folder), keeping its architecture and target.")] = None,
 ) -> None:
     """Train a diffusion model on a folder of images.
 
@@ -199,6 +200,7 @@ def train(
       diffgen train data/digits --out runs/digits --image-size 28 --max-steps 20000
       diffgen train data/photos --out runs/sr --task upscale --scale 4 --image-size 128
       diffgen train data/digits --out runs/digits --resume
+      diffgen train my-photos --out runs/my-sr --task upscale --init-from upscale-x4 --lr 1e-4 --max-steps 2000
     """
     from dataclasses import replace  # noqa: PLC0415
 
@@ -212,9 +214,11 @@ def train(
 
     freeze_imports()
 
+    if resume and init_from:
+        raise OptionError("--init-from and --resume: a resumed run continues from its own state; give one or the other")
     if resume and (out / "state.safetensors").exists():
-        # A resumed run keeps its own settings; only --max-steps may extend it.
-        # The run keeps its own settings; the folders are where they are now (a run may have moved).
+        # A resumed run keeps its own settings; only --max-steps may extend it. The folders are where they
+        # are now (a run may have moved).
         cfg = load_config(out / "state.safetensors")
         cfg = replace(cfg, data_dir=data_dir, out_dir=out, max_steps=max_steps or cfg.max_steps)
     else:
@@ -230,6 +234,7 @@ def train(
             ema_decay=ema_decay, prediction=Prediction(prediction.value), schedule=ScheduleKind(schedule.value),
             min_snr_gamma=min_snr_gamma, label_dropout=label_dropout, seed=seed, save_every=save_every,
             sample_every=sample_every, log_every=log_every, workers=workers, device=device, epochs=epochs,
+            init_from=init_from,
         )
     with TrainProgress(cfg.max_steps) as progress:
         result = run_training(cfg, callback=progress.update, resume=resume)

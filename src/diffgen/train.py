@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from diffgen.checkpoint import LoadedModel, ModelSpec, Task, save_model
+from diffgen.checkpoint import LoadedModel, ModelSpec, Task, load_model, save_model
 from diffgen.data import (
     Crop, Dataset, DataOrder, FileImages, batch_generator, crop_at, downsample, open_dataset, quantize, random_dihedral,
     random_flip, upsample,
@@ -33,6 +33,7 @@ from diffgen.errors import DataError, DiffgenError, OptionError, TrainingInterru
 from diffgen.files import atomic_write
 from diffgen.generate import sample_batch
 from diffgen.images import make_grid, save_image, tensor_to_pil, to_model_range
+from diffgen.models import resolve
 from diffgen.schedule import Prediction, ScheduleKind, min_snr_weight, q_sample, target
 from diffgen.state import load_state, save_state
 from diffgen.unet import PRESETS, UNet, UNetConfig, preset
@@ -76,6 +77,7 @@ class TrainConfig:
     workers: int = 2  # DataLoader workers when the data is streamed from disk
     memory_limit: int = 2 << 30  # decode the data set into memory up to this many bytes, else stream it
     device: str = "auto"  # auto, cpu, cuda or cuda:N
+    init_from: str | None = None  # fine-tune: start from this model's weights (bundled name, file or run)
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,23 @@ def build_spec(cfg: TrainConfig, data: Dataset) -> ModelSpec:
         prediction=cfg.prediction,
         extra={"data": str(cfg.data_dir), "images": len(data)},
     )
+
+
+def fine_tuned(cfg: TrainConfig, spec: ModelSpec, notify: Callable[[Event], None]) -> tuple[ModelSpec, torch.nn.Module]:
+    """--init-from: the model to start from, and the spec of the run, which keeps that model's architecture,
+    target, schedule and residual scale; the data must suit it (task, channels, classes, scale)."""
+    start = load_model(resolve(cfg.init_from, cfg.task))
+    src, name = start.spec, f"--init-from {cfg.init_from}"
+    for what, theirs, ours in (("task", src.task.value, spec.task.value), ("channels", src.channels, spec.channels),
+                               ("classes", list(src.class_names), list(spec.class_names)), ("scale", src.scale, spec.scale)):
+        if theirs != ours:
+            raise OptionError(f"{name}: the model's {what} is {theirs}, this run's is {ours}; start from a model made for this data")
+    if cfg.image_size % src.unet.size_multiple:
+        raise OptionError(f"--image-size {cfg.image_size}: the model in {name} needs a multiple of {src.unet.size_multiple}")
+    notify(Note(f"fine-tuning {start.path} (trained {src.train_steps} steps): its U-Net, {src.prediction.value} "
+                f"target and {src.schedule.value} schedule are kept"))
+    extra = spec.extra | {"init_from": str(start.path), "init_steps": src.train_steps}
+    return replace(src, image_size=cfg.image_size, train_steps=0, extra=extra), start.model.train().requires_grad_(True)
 
 
 def check_unet(unet: UNetConfig) -> None:
@@ -351,7 +370,11 @@ def train_loop(
     """The training loop of `train`, on a checked run folder that this process holds."""
     torch.manual_seed(cfg.seed)
     spec = build_spec(cfg, data)
-    model = UNet(spec.unet).to(device)
+    if cfg.init_from and not resume:
+        spec, model = fine_tuned(cfg, spec, notify)
+    else:
+        model = UNet(spec.unet)
+    model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     step = 0
@@ -362,7 +385,7 @@ def train_loop(
             leftover.unlink(missing_ok=True)
         notify(Note(f"resuming {out} at step {step}"))
     batches = Batches(data, cfg, ranks, first_k=step * cfg.grad_accum)
-    if cfg.task is Task.UPSCALE and not resume:
+    if cfg.task is Task.UPSCALE and not resume and not cfg.init_from:
         spec = replace(spec, residual_scale=residual_scale(aux_batches(data, cfg, cfg.batch_size), cfg))
     if ranks.main:
         (out / "samples").mkdir(parents=True, exist_ok=True)
