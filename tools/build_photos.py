@@ -139,22 +139,11 @@ def build_heldout_gray(out: pathlib.Path) -> list[tuple[int, int]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=pathlib.Path, default=DATA / "photos")
-    parser.add_argument(
-        "--heldout",
-        type=pathlib.Path,
-        nargs="?",
-        metavar="DIR",
-        const=DATA / "heldout",
-        help="build only the held-out set, into DIR (default data/heldout)",
-    )
-    parser.add_argument(
-        "--heldout-gray",
-        type=pathlib.Path,
-        nargs="?",
-        metavar="DIR",
-        const=DATA / "heldout-gray",
-        help="build only the grey held-out set, into DIR (default data/heldout-gray)",
-    )
+    for flag, folder, what in (("--heldout", "heldout", "held-out set"), ("--heldout-gray", "heldout-gray", "grey held-out set")):
+        parser.add_argument(
+            flag, type=pathlib.Path, nargs="?", metavar="DIR", const=DATA / folder,
+            help=f"build only the {what}, into DIR (default data/{folder})",
+        )
     parser.add_argument(
         "--scales",
         type=scale_list,

@@ -5,12 +5,19 @@
 
 `--extra KEY=VALUE` adds provenance to the model's metadata (shown by `diffgen info` and model cards);
 a VALUE that parses as JSON is stored as JSON (e.g. metrics).
+
+Several runs are averaged weight by weight (a "model soup", Wortsman et al. 2022). That only makes sense
+for runs fine-tuned from one model, which stay in one basin of the loss; the first run's spec is kept:
+
+    python tools/bundle.py runs/ft-plain runs/ft-multiscale weights/upscale-x4.safetensors
 """
 
 import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from diffgen.checkpoint import load_model, save_model
 
@@ -28,14 +35,21 @@ def parse_extra(items: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path, help="run folder or model .safetensors file")
+    parser.add_argument("runs", type=Path, nargs="+", help="run folder(s) or model .safetensors file(s)")
     parser.add_argument("dest", type=Path, help="where to write the half-precision model")
     parser.add_argument("--extra", action="append", default=[], help="KEY=VALUE provenance to record")
     args = parser.parse_args()
-    src = args.run / "model.safetensors" if args.run.is_dir() else args.run
-    loaded = load_model(src)
-    spec = replace(loaded.spec, extra=loaded.spec.extra | parse_extra(args.extra))
-    save_model(args.dest, loaded.model, spec, half=True)
+    srcs = [run / "model.safetensors" if run.is_dir() else run for run in args.runs]
+    loaded = [load_model(src) for src in srcs]
+    model, spec = loaded[0].model, loaded[0].spec
+    if len(loaded) > 1:
+        if any(other.spec.unet != spec.unet for other in loaded[1:]):
+            parser.error("the models to average must have the same U-Net")
+        weights = [other.model.state_dict() for other in loaded]
+        model.load_state_dict({k: torch.stack([w[k] for w in weights]).mean(0) for k in weights[0]})
+        spec = replace(spec, extra=spec.extra | {"averaged": [str(src) for src in srcs]})
+    spec = replace(spec, extra=spec.extra | parse_extra(args.extra))
+    save_model(args.dest, model, spec, half=True)
     print(f"{args.dest}: {spec.task.value} model at step {spec.train_steps}, {args.dest.stat().st_size / 1e6:.1f} MB")
 
 
