@@ -193,7 +193,7 @@ def test_init_from_starts_from_the_models_weights_and_keeps_its_spec(photo_folde
 
 def test_init_from_refuses_a_model_for_other_data(class_folder, photo_folder, tmp_path):
     generator = train(config(class_folder, tmp_path / "gen", max_steps=1)).model_path
-    with pytest.raises(OptionError, match="--init-from .*task is generate, this run's is upscale"):
+    with pytest.raises(OptionError, match="--init-from .*: task generate in the model, upscale in this run"):
         train(config(photo_folder, tmp_path / "sr", task=Task.UPSCALE, image_size=32, init_from=str(generator)))
     (tmp_path / "more").mkdir()
     for name in ("blue", "green", "red"):  # the class folder's classes and one more

@@ -191,7 +191,7 @@ def fine_tuned(cfg: TrainConfig, spec: ModelSpec, notify: Callable[[Event], None
     for what, theirs, ours in (("task", src.task.value, spec.task.value), ("channels", src.channels, spec.channels),
                                ("classes", list(src.class_names), list(spec.class_names)), ("scale", src.scale, spec.scale)):
         if theirs != ours:
-            raise OptionError(f"{name}: the model's {what} is {theirs}, this run's is {ours}; start from a model made for this data")
+            raise OptionError(f"{name}: {what} {theirs} in the model, {ours} in this run; start from a model made for this data")
     if cfg.image_size % src.unet.size_multiple:
         raise OptionError(f"--image-size {cfg.image_size}: the model in {name} needs a multiple of {src.unet.size_multiple}")
     notify(Note(f"fine-tuning {start.path} (trained {src.train_steps} steps): its U-Net, {src.prediction.value} "
