@@ -200,7 +200,7 @@ def train(
       diffgen train data/digits --out runs/digits --image-size 28 --max-steps 20000
       diffgen train data/photos --out runs/sr --task upscale --scale 4 --image-size 128
       diffgen train data/digits --out runs/digits --resume
-      diffgen train my-photos --out runs/my-sr --task upscale --init-from upscale-x4 --lr 1e-4 --max-steps 2000
+      diffgen train my-photos --out runs/my-sr --task upscale --image-size 96 --min-snr-gamma 0 --init-from upscale-x4 --lr 1e-4 --lr-decay --max-steps 2000
     """
     from dataclasses import replace  # noqa: PLC0415
 
