@@ -103,6 +103,16 @@ def test_bad_options_exit_2_with_one_line(generator_run, tmp_path):
         assert needle in r.output and len(r.output.strip().splitlines()) == 1
 
 
+def test_upscaling_runs_default_to_the_bundled_upscalers_recipe(generator_run, upscaler_run, photo_folder, tmp_path):
+    from diffgen.state import load_config
+
+    gen, sr = load_config(generator_run / "state.safetensors"), load_config(upscaler_run / "state.safetensors")
+    assert (gen.prediction.value, gen.min_snr_gamma, gen.image_size) == ("v", 5.0, 16)
+    assert (sr.prediction.value, sr.min_snr_gamma) == ("x0", 0.0)  # upscaler_run gives only --image-size
+    r = invoke("train", photo_folder, "--out", tmp_path / "sr", "--task", "upscale", "--max-steps", 1)
+    assert r.exit_code == 1 and "smaller than --image-size 96" in r.output  # the photos are 48 px
+
+
 def test_train_refuses_an_existing_run_without_resume(generator_run, class_folder):
     r = invoke("train", class_folder, "--out", generator_run, "--image-size", 16)
     assert r.exit_code == 2 and "--resume" in r.output

@@ -163,7 +163,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Run folder for the model, state, log and samples.")] = Path("runs/latest"),
     task: Annotated[TaskOpt, typer.Option(help="generate: new images; upscale: super-resolution.")] = TaskOpt.generate,
     scale: Annotated[int, typer.Option(help="Upscaling factor (upscale task).")] = 4,
-    image_size: Annotated[int, typer.Option(help="Training resolution (HR crop size when upscaling).")] = 32,
+    image_size: Annotated[Optional[int], typer.Option(help="Training resolution (HR crop size when upscaling).", show_default="32; upscale: 96")] = None,
     channels: Annotated[Optional[int], typer.Option(help="1, 3 or 4; default: as the images.")] = None,
     crop: Annotated[CropOpt, typer.Option(help="Centre crop once, or a random crop each time.")] = CropOpt.center,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips (upscaling: all flips and quarter turns).")] = True,
@@ -181,9 +181,9 @@ def train(
     lr_decay: Annotated[bool, typer.Option("--lr-decay/--no-lr-decay", help="Cosine decay of the learning rate to zero at --max-steps.")] = False,
     grad_clip: Annotated[float, typer.Option(help="Max gradient norm.")] = 1.0,
     ema_decay: Annotated[float, typer.Option(help="EMA decay of the sampling weights.")] = 0.999,
-    prediction: Annotated[PredictionOpt, typer.Option(help="Network target (see docs/training.md).")] = PredictionOpt.v,
+    prediction: Annotated[Optional[PredictionOpt], typer.Option(help="Network target (see docs/training.md).", show_default="v; upscale: x0")] = None,
     schedule: Annotated[ScheduleOpt, typer.Option(help="Noise schedule.")] = ScheduleOpt.cosine,
-    min_snr_gamma: Annotated[float, typer.Option(help="Min-SNR-γ loss weighting; 0 turns it off.")] = 5.0,
+    min_snr_gamma: Annotated[Optional[float], typer.Option(help="Min-SNR-γ loss weighting; 0 turns it off.", show_default="5; upscale: 0")] = None,
     label_dropout: Annotated[float, typer.Option(help="Share of labels dropped, for classifier-free guidance.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of weights, data order and noise.")] = 0,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
@@ -198,9 +198,9 @@ def train(
 
     Examples:
       diffgen train data/digits --out runs/digits --image-size 28 --max-steps 20000
-      diffgen train data/photos --out runs/sr --task upscale --scale 4 --image-size 128
+      diffgen train data/photos --out runs/sr --task upscale --scale 4
       diffgen train data/digits --out runs/digits --resume
-      diffgen train my-photos --out runs/my-sr --task upscale --image-size 96 --min-snr-gamma 0 --init-from upscale-x4 --lr 1e-4 --lr-decay --max-steps 2000
+      diffgen train my-photos --out runs/my-sr --task upscale --init-from upscale-x4 --lr 1e-4 --lr-decay --max-steps 2000
     """
     from dataclasses import replace  # noqa: PLC0415
 
@@ -209,7 +209,7 @@ def train(
     from diffgen.errors import OptionError  # noqa: PLC0415
     from diffgen.schedule import Prediction, ScheduleKind  # noqa: PLC0415
     from diffgen.state import load_config  # noqa: PLC0415
-    from diffgen.train import TrainConfig  # noqa: PLC0415
+    from diffgen.train import UPSCALE_DEFAULTS, TrainConfig  # noqa: PLC0415
     from diffgen.train import train as run_training  # noqa: PLC0415
 
     freeze_imports()
@@ -224,17 +224,20 @@ def train(
     else:
         if max_steps and epochs:
             raise OptionError("--epochs and --max-steps: give one or the other")
+        # Options left out take TrainConfig's defaults, or the upscaling ones for --task upscale.
+        given = {"image_size": image_size, "min_snr_gamma": min_snr_gamma,
+                 "prediction": Prediction(prediction.value) if prediction else None}
+        task_defaults = UPSCALE_DEFAULTS if task is TaskOpt.upscale else {}
         cfg = TrainConfig(
-            data_dir=data_dir, out_dir=out, task=Task(task.value), scale=scale, image_size=image_size,
+            **(task_defaults | {name: value for name, value in given.items() if value is not None}),
+            data_dir=data_dir, out_dir=out, task=Task(task.value), scale=scale,
             channels=channels, crop=Crop(crop.value), flip=flip, preset=preset, base_channels=base_channels,
             channel_mults=int_list("--channel-mults", channel_mults), num_res_blocks=res_blocks,
             attention_levels=int_list("--attention-levels", attention_levels), max_steps=max_steps or 2000,
             batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, lr_decay=lr_decay,
-            grad_clip=grad_clip,
-            ema_decay=ema_decay, prediction=Prediction(prediction.value), schedule=ScheduleKind(schedule.value),
-            min_snr_gamma=min_snr_gamma, label_dropout=label_dropout, seed=seed, save_every=save_every,
-            sample_every=sample_every, log_every=log_every, workers=workers, device=device, epochs=epochs,
-            init_from=init_from,
+            grad_clip=grad_clip, ema_decay=ema_decay, schedule=ScheduleKind(schedule.value),
+            label_dropout=label_dropout, seed=seed, save_every=save_every, sample_every=sample_every,
+            log_every=log_every, workers=workers, device=device, epochs=epochs, init_from=init_from,
         )
     with TrainProgress(cfg.max_steps) as progress:
         result = run_training(cfg, callback=progress.update, resume=resume)

@@ -80,6 +80,11 @@ class TrainConfig:
     init_from: str | None = None  # fine-tune: start from this model's weights (bundled name, file or run)
 
 
+# What `diffgen train --task upscale` changes in TrainConfig's defaults (which suit generation): the bundled
+# upscaler's recipe. An x0 target makes one sampling step the MMSE estimate (docs/upscale.md); 96-px crops.
+UPSCALE_DEFAULTS = {"image_size": 96, "prediction": Prediction.X0, "min_snr_gamma": 0.0}
+
+
 @dataclass(frozen=True)
 class Progress:
     step: int
