@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 app = typer.Typer(
     help="Train diffusion models on folders of images, generate new images, and upscale photos.",
@@ -25,8 +25,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-console_err = Console(stderr=True)
+# markup=False: file names, messages and table cells are printed as they are; "photo[draft].png" is not a
+# markup tag. Colour comes only from `labelled` (or a style= argument).
+console = Console(markup=False)
+console_err = Console(stderr=True, markup=False)
 DEBUG = {"on": False}
 OWNS_PROCESS = {"on": False}  # set by main(): diffgen is the program, not a library inside another one
 
@@ -99,8 +101,13 @@ def freeze_imports() -> None:
         gc.freeze()
 
 
+def labelled(label: str, style: str, text: str) -> Text:
+    """'label text' with the label in colour."""
+    return Text.assemble((label, style), " ", text)
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
-    console_err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    console_err.print(labelled("error:", "red", message), highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -114,7 +121,7 @@ def run_command(fn):
         try:
             return fn(*args, **kwargs)
         except TrainingInterrupted as e:  # asked for, and saved: not an error
-            console_err.print(f"[yellow]{escape(str(e))}[/yellow]", highlight=False, soft_wrap=True)
+            console_err.print(str(e), style="yellow", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except DiffgenError as e:
             raise fail(str(e), e.exit_code) from None
@@ -245,8 +252,8 @@ def train(
         return
     if result.skipped:
         # Finished, but not on all the data: say so in the exit code too (see docs/guarantees.md).
-        console_err.print(f"[yellow]done, with {len(result.skipped)} unreadable file(s) skipped:[/yellow] "
-                          f"model written to {escape(str(result.model_path))}", highlight=False, soft_wrap=True)
+        console_err.print(labelled(f"done, with {len(result.skipped)} unreadable file(s) skipped:", "yellow",
+                                   f"model written to {result.model_path}"), highlight=False, soft_wrap=True)
         raise typer.Exit(3)
     report_done(f"model written to {result.model_path}")
 
@@ -277,7 +284,7 @@ class TrainProgress:
         from diffgen.train import Note  # noqa: PLC0415
 
         if isinstance(event, Note):
-            console_err.print(f"[yellow]note:[/yellow] {escape(event.text)}", highlight=False, soft_wrap=True)
+            console_err.print(labelled("note:", "yellow", event.text), highlight=False, soft_wrap=True)
             return
         self.bar.update(self.task, completed=event.step, total=event.total, loss=event.loss, ips=event.images_per_s)
         if not self.interactive and (event.step % self.every == 0 or event.step == event.total):
@@ -286,7 +293,7 @@ class TrainProgress:
 
 
 def report_done(message: str) -> None:
-    console.print(f"[green]done:[/green] {escape(message)}", highlight=False, soft_wrap=True)
+    console.print(labelled("done:", "green", message), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -416,11 +423,11 @@ def upscale(
                                       quality=quality, callback=progress.tiles)
             except DiffgenError as e:
                 failed += 1
-                progress.print(f"[red]error:[/red] {escape(str(e))}")
+                progress.print(labelled("error:", "red", str(e)))
                 continue
             upscaled += 1
             note = f" ({result.note})" if result.note else ""
-            progress.print(escape(f"{src} -> {dst} ({result.size[0]}x{result.size[1]}){note}"))
+            progress.print(f"{src} -> {dst} ({result.size[0]}x{result.size[1]}){note}")
     summary = f"{upscaled} upscaled, {skipped} skipped, {failed} failed"
     if failed:
         raise fail(summary)
@@ -459,12 +466,12 @@ def eval_upscale(
     with ItemProgress("scoring", len(files)) as advance:
         rows = evaluate(lambda lr: upscale_image(loaded, lr, tile=tile, sampling=sampling)[0],
                         files, loaded.spec.scale, callback=advance)
-    table = Table(title=f"x{loaded.spec.scale} on {escape(str(hr_dir))}: PSNR (dB) and SSIM on Y, {steps} steps, η = {eta}, "
+    table = Table(title=f"x{loaded.spec.scale} on {hr_dir}: PSNR (dB) and SSIM on Y, {steps} steps, η = {eta}, "
                         f"{samples} sample{'s' * (samples > 1)}, {loaded.precision}")
     for col in ("image", "bicubic PSNR", "diffgen PSNR", "gain", "bicubic SSIM", "diffgen SSIM", "seconds"):
         table.add_column(col, justify="left" if col == "image" else "right", no_wrap=True)
     for row in rows + [mean_row(rows)]:
-        table.add_row(escape(row.name), f"{row.bicubic.psnr:.2f}", f"{row.model.psnr:.2f}", f"{row.model.psnr - row.bicubic.psnr:+.2f}",
+        table.add_row(row.name, f"{row.bicubic.psnr:.2f}", f"{row.model.psnr:.2f}", f"{row.model.psnr - row.bicubic.psnr:+.2f}",
                       f"{row.bicubic.ssim:.4f}", f"{row.model.ssim:.4f}", f"{row.seconds:.1f}")
     print_table(table)
 
@@ -511,7 +518,7 @@ class BatchProgress:
     def __init__(self, total: int):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                             console=console_err, disable=not console_err.is_terminal)
         self.images = self.bar.add_task("images", total=total)
         self.tile_task = self.bar.add_task("tiles", total=1)
@@ -533,7 +540,7 @@ class BatchProgress:
     def tiles(self, done: int, total: int) -> None:
         self.bar.update(self.tile_task, completed=done, total=total)
 
-    def print(self, message: str) -> None:
+    def print(self, message: str | Text) -> None:
         console_err.print(message, highlight=False, soft_wrap=True)
 
 
@@ -559,7 +566,7 @@ def models() -> None:
         default = " (default)" if name == default_model(spec.task) else ""
         classes = ", ".join(spec.class_names) or "-"
         image = f"{spec.image_size}px, {spec.channels} ch"
-        table.add_row(name + default, task, image, escape(classes), f"{params / 1e6:.2f} M", f"{path.stat().st_size / 1e6:.1f} MB")
+        table.add_row(name + default, task, image, classes, f"{params / 1e6:.2f} M", f"{path.stat().st_size / 1e6:.1f} MB")
     print_table(table)
 
 
@@ -586,7 +593,7 @@ def info(
     table.add_column("field", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
     for key, value in facts.items():
-        table.add_row(key, escape(value if isinstance(value, str) else json.dumps(value)))
+        table.add_row(key, value if isinstance(value, str) else json.dumps(value))
     print_table(table)
 
 
@@ -633,7 +640,7 @@ def print_table(table) -> None:
     if console.is_terminal:
         console.print(table)
     else:
-        Console(width=200).print(table)
+        Console(width=200, markup=False).print(table)
 
 
 def main() -> None:
@@ -653,10 +660,10 @@ def main() -> None:
     except click_errors.UsageError as e:
         command = e.ctx.command_path if e.ctx else "diffgen"
         message = e.format_message().replace(": Value error, ", ": ")
-        console_err.print(f"[red]error:[/red] {escape(message)} (see `{command} --help`)", highlight=False, soft_wrap=True)
+        console_err.print(labelled("error:", "red", f"{message} (see `{command} --help`)"), highlight=False, soft_wrap=True)
         code = e.exit_code
     except typer.Abort:
-        console_err.print("[red]error:[/red] interrupted", highlight=False)
+        console_err.print(labelled("error:", "red", "interrupted"), highlight=False)
         code = 130
     sys.exit(code or 0)
 
