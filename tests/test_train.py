@@ -195,9 +195,11 @@ def test_init_from_refuses_a_model_for_other_data(class_folder, photo_folder, tm
     generator = train(config(class_folder, tmp_path / "gen", max_steps=1)).model_path
     with pytest.raises(OptionError, match="--init-from .*: task generate in the model, upscale in this run"):
         train(config(photo_folder, tmp_path / "sr", task=Task.UPSCALE, image_size=32, init_from=str(generator)))
+    assert not (tmp_path / "sr").exists()  # refused before the run folder is made
     (tmp_path / "more").mkdir()
     for name in ("blue", "green", "red"):  # the class folder's classes and one more
         (tmp_path / "more" / name).symlink_to(class_folder / ("red" if name == "green" else name))
     with pytest.raises(OptionError, match="--init-from .*classes"):
         train(config(tmp_path / "more", tmp_path / "gen2", init_from=str(generator)))
     assert not (tmp_path / "gen2" / "state.safetensors").exists()
+    assert not (tmp_path / "gen2").exists()

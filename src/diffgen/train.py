@@ -364,22 +364,22 @@ def train(cfg: TrainConfig, *, callback: Callable[[Event], None] | None = None, 
     if ranks.world > 1:
         dist.barrier()  # every rank has checked --out before rank 0 writes to it
     cfg, data = load_data(cfg, notify)
+    # The model is checked against the options and the data before the run folder is touched.
+    spec, start = build_spec(cfg, data), None
+    if cfg.init_from and not resume:
+        spec, start = fine_tuned(cfg, spec, notify)
     with run_lock(out, held=ranks.main):  # before the state is read: nobody else may be writing it
-        return train_loop(cfg, data, out, device, ranks, notify, resume)
+        return train_loop(cfg, data, spec, start, out, device, ranks, notify, resume)
 
 
 def train_loop(
-    cfg: TrainConfig, data: Dataset, out: Path, device: torch.device, ranks: Ranks,
-    notify: Callable[[Event], None], resume: bool,
+    cfg: TrainConfig, data: Dataset, spec: ModelSpec, start: torch.nn.Module | None, out: Path,
+    device: torch.device, ranks: Ranks, notify: Callable[[Event], None], resume: bool,
 ) -> Trained:
-    """The training loop of `train`, on a checked run folder that this process holds."""
+    """The training loop of `train`, on a checked run folder that this process holds; `start` is the
+    --init-from model, else the network is new."""
     torch.manual_seed(cfg.seed)
-    spec = build_spec(cfg, data)
-    if cfg.init_from and not resume:
-        spec, model = fine_tuned(cfg, spec, notify)
-    else:
-        model = UNet(spec.unet)
-    model = model.to(device)
+    model = (UNet(spec.unet) if start is None else start).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     step = 0
