@@ -17,7 +17,7 @@ def test_two_processes_match_one_and_write_one_set_of_files(class_folder, tmp_pa
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "diffgen", *args, "--out", str(tmp_path / "ddp")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[:4000]  # the ranks' own messages come before torchrun's report
     assert done.stdout.count("done: model written") == 1  # only rank 0 prints
     files = sorted(p.relative_to(tmp_path / "ddp").as_posix() for p in (tmp_path / "ddp").rglob("*") if p.is_file())
     assert files == [".lock", "log.jsonl", "model.safetensors", "samples/step_000003.png", "state.safetensors"]

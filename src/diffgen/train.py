@@ -124,14 +124,22 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         raise OptionError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
 
 
-def init_distributed(device: torch.device) -> Ranks:
-    """Join the process group torchrun describes in the environment: NCCL on GPUs, gloo on CPUs."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Ranks()
-    if not dist.is_initialized():
+@contextmanager
+def process_group(device: torch.device) -> Iterator[Ranks]:
+    """Join the process group torchrun describes in the environment (NCCL on GPUs, gloo on CPUs) and
+    leave it on the way out: a gloo group still alive when the interpreter shuts down can abort the
+    process after its work is done."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        yield Ranks()
+        return
+    joined = not dist.is_initialized()
+    if joined:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Ranks(dist.get_rank(), dist.get_world_size())
+    try:
+        yield Ranks(dist.get_rank(), dist.get_world_size())
+    finally:
+        if joined:
+            dist.destroy_process_group()
 
 
 def check_config(cfg: TrainConfig, ranks: Ranks) -> None:
@@ -356,20 +364,20 @@ class Trained:
 def train(cfg: TrainConfig, *, callback: Callable[[Event], None] | None = None, resume: bool = False) -> Trained:
     """Train (or with `resume`, continue) a model."""
     device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
-    ranks = init_distributed(device)
-    notify = (callback or (lambda event: None)) if ranks.main else (lambda event: None)
-    check_config(cfg, ranks)
-    out = Path(cfg.out_dir)
-    check_run_dir(out, Path(cfg.data_dir), resume)
-    if ranks.world > 1:
-        dist.barrier()  # every rank has checked --out before rank 0 writes to it
-    cfg, data = load_data(cfg, notify)
-    # The model is checked against the options and the data before the run folder is touched.
-    spec, start = build_spec(cfg, data), None
-    if cfg.init_from and not resume:
-        spec, start = fine_tuned(cfg, spec, notify)
-    with run_lock(out, held=ranks.main):  # before the state is read: nobody else may be writing it
-        return train_loop(cfg, data, spec, start, out, device, ranks, notify, resume)
+    with process_group(device) as ranks:
+        notify = (callback or (lambda event: None)) if ranks.main else (lambda event: None)
+        check_config(cfg, ranks)
+        out = Path(cfg.out_dir)
+        check_run_dir(out, Path(cfg.data_dir), resume)
+        if ranks.world > 1:
+            dist.barrier()  # every rank has checked --out before rank 0 writes to it
+        cfg, data = load_data(cfg, notify)
+        # The model is checked against the options and the data before the run folder is touched.
+        spec, start = build_spec(cfg, data), None
+        if cfg.init_from and not resume:
+            spec, start = fine_tuned(cfg, spec, notify)
+        with run_lock(out, held=ranks.main):  # before the state is read: nobody else may be writing it
+            return train_loop(cfg, data, spec, start, out, device, ranks, notify, resume)
 
 
 def train_loop(
