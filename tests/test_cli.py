@@ -107,8 +107,8 @@ def test_upscaling_runs_default_to_the_bundled_upscalers_recipe(generator_run, u
     from diffgen.state import load_config
 
     gen, sr = load_config(generator_run / "state.safetensors"), load_config(upscaler_run / "state.safetensors")
-    assert (gen.prediction.value, gen.min_snr_gamma, gen.image_size) == ("v", 5.0, 16)
-    assert (sr.prediction.value, sr.min_snr_gamma) == ("x0", 0.0)  # upscaler_run gives only --image-size
+    assert (gen.prediction.value, gen.min_snr_gamma, gen.pure_noise_share, gen.image_size) == ("v", 5.0, 0.0, 16)
+    assert (sr.prediction.value, sr.min_snr_gamma, sr.pure_noise_share) == ("x0", 0.0, 0.5)  # upscaler_run gives only --image-size
     r = invoke("train", photo_folder, "--out", tmp_path / "sr", "--task", "upscale", "--max-steps", 1)
     assert r.exit_code == 1 and "smaller than --image-size 96" in r.output  # the photos are 48 px
 

@@ -203,3 +203,41 @@ def test_init_from_refuses_a_model_for_other_data(class_folder, photo_folder, tm
         train(config(tmp_path / "more", tmp_path / "gen2", init_from=str(generator)))
     assert not (tmp_path / "gen2" / "state.safetensors").exists()
     assert not (tmp_path / "gen2").exists()
+
+
+class TimestepRecorder(torch.nn.Module):
+    """A stand-in network that predicts zeros and remembers the timesteps it was asked about."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.seen = []
+
+    def forward(self, x, t, labels=None, cond=None):
+        self.seen.append(t)
+        return x * self.weight
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 1.0])
+def test_pure_noise_share_moves_that_share_of_timesteps_to_the_last(share, class_folder, tmp_path):
+    from diffgen.train import build_spec, diffusion_loss, load_data
+
+    cfg, data = load_data(config(class_folder, tmp_path / "r", pure_noise_share=share), lambda event: None)
+    spec = build_spec(cfg, data)
+    net, n = TimestepRecorder(), 20_000
+    alphas_cumprod = spec.make_schedule().alphas_cumprod.float()
+    x0 = torch.zeros(n, 1, 1, 1)
+    diffusion_loss(net, alphas_cumprod, spec, cfg, (x0, None, None), torch.Generator().manual_seed(0), slice(None), n)
+    t, last = net.seen[0], len(alphas_cumprod) - 1
+    uniform = torch.randint(last + 1, (n,), generator=torch.Generator().manual_seed(0))
+    moved = t != uniform
+    assert torch.all(t[moved] == last)  # the others keep their uniform draw
+    # 4 standard deviations of a binomial share; the uniform draw lands on T-1 itself 1/T of the time
+    expected = share * (1 - 1 / (last + 1))
+    assert abs(moved.float().mean().item() - expected) < 4 * (expected * (1 - expected) / n) ** 0.5 + 1e-9
+
+
+def test_a_pure_noise_share_outside_0_to_1_is_refused(class_folder, tmp_path):
+    with pytest.raises(OptionError, match=r"--pure-noise-share 1.5: must be in \[0, 1\]"):
+        train(config(class_folder, tmp_path / "r", pure_noise_share=1.5))
+    assert not (tmp_path / "r").exists()

@@ -191,6 +191,7 @@ def train(
     prediction: Annotated[Optional[PredictionOpt], typer.Option(help="Network target (see docs/training.md).", show_default="v; upscale: x0")] = None,
     schedule: Annotated[ScheduleOpt, typer.Option(help="Noise schedule.")] = ScheduleOpt.cosine,
     min_snr_gamma: Annotated[Optional[float], typer.Option(help="Min-SNR-γ loss weighting; 0 turns it off.", show_default="5; upscale: 0")] = None,
+    pure_noise_share: Annotated[Optional[float], typer.Option(help="Share of each batch trained at pure noise, where sampling starts; few-step upscales gain most.", show_default="0; upscale: 0.5")] = None,
     label_dropout: Annotated[float, typer.Option(help="Share of labels dropped, for classifier-free guidance.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of weights, data order and noise.")] = 0,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
@@ -232,7 +233,7 @@ def train(
         if max_steps and epochs:
             raise OptionError("--epochs and --max-steps: give one or the other")
         # Options left out take TrainConfig's defaults, or the upscaling ones for --task upscale.
-        given = {"image_size": image_size, "min_snr_gamma": min_snr_gamma,
+        given = {"image_size": image_size, "min_snr_gamma": min_snr_gamma, "pure_noise_share": pure_noise_share,
                  "prediction": Prediction(prediction.value) if prediction else None}
         task_defaults = UPSCALE_DEFAULTS if task is TaskOpt.upscale else {}
         cfg = TrainConfig(
@@ -466,7 +467,7 @@ def eval_upscale(
     with ItemProgress("scoring", len(files)) as advance:
         rows = evaluate(lambda lr: upscale_image(loaded, lr, tile=tile, sampling=sampling)[0],
                         files, loaded.spec.scale, callback=advance)
-    table = Table(title=f"x{loaded.spec.scale} on {hr_dir}: PSNR (dB) and SSIM on Y, {steps} steps, η = {eta}, "
+    table = Table(title=f"x{loaded.spec.scale} on {hr_dir}: PSNR (dB) and SSIM on Y, {steps} step{'s' * (steps > 1)}, η = {eta}, "
                         f"{samples} sample{'s' * (samples > 1)}, {loaded.precision}")
     for col in ("image", "bicubic PSNR", "diffgen PSNR", "gain", "bicubic SSIM", "diffgen SSIM", "seconds"):
         table.add_column(col, justify="left" if col == "image" else "right", no_wrap=True)

@@ -68,6 +68,7 @@ class TrainConfig:
     schedule: ScheduleKind = ScheduleKind.COSINE  # noise schedule
     num_timesteps: int = 1000  # T
     min_snr_gamma: float = 5.0  # Min-SNR-γ loss weighting; 0 turns it off
+    pure_noise_share: float = 0.0  # share of each batch trained at t = T-1, where sampling starts
     label_dropout: float = 0.1  # share of labels replaced by "no label" (classifier-free guidance)
     seed: int = 0  # seeds weights, data order and noise
     save_every: int = 500  # checkpoint period in steps
@@ -81,8 +82,9 @@ class TrainConfig:
 
 
 # What `diffgen train --task upscale` changes in TrainConfig's defaults (which suit generation): the bundled
-# upscaler's recipe. An x0 target makes one sampling step the MMSE estimate (docs/upscale.md); 96-px crops.
-UPSCALE_DEFAULTS = {"image_size": 96, "prediction": Prediction.X0, "min_snr_gamma": 0.0}
+# upscaler's recipe. An x0 target makes one sampling step from pure noise the MMSE estimate, and half of
+# each batch trains that step (docs/upscale.md); 96-px crops.
+UPSCALE_DEFAULTS = {"image_size": 96, "prediction": Prediction.X0, "min_snr_gamma": 0.0, "pure_noise_share": 0.5}
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,8 @@ def check_config(cfg: TrainConfig, ranks: Ranks) -> None:
         raise OptionError(f"--epochs {cfg.epochs}: must be at least 1")
     if not 0 <= cfg.label_dropout < 1:
         raise OptionError(f"--label-dropout {cfg.label_dropout}: must be in [0, 1)")
+    if not 0 <= cfg.pure_noise_share <= 1:
+        raise OptionError(f"--pure-noise-share {cfg.pure_noise_share}: must be in [0, 1]")
 
 
 def build_spec(cfg: TrainConfig, data: Dataset) -> ModelSpec:
@@ -294,10 +298,14 @@ def make_inputs(crops: Tensor, labels: Tensor, g: torch.Generator, spec: ModelSp
     return hr, labels.masked_fill(drop, spec.unet.num_classes), None
 
 
-def diffusion_loss(model, alphas_cumprod: Tensor, spec: ModelSpec, gamma: float, inputs, g: torch.Generator, s: slice, micro: int) -> Tensor:
-    """The weighted denoising loss of this rank's slice of a micro-batch, at random timesteps."""
+def diffusion_loss(model, alphas_cumprod: Tensor, spec: ModelSpec, cfg: TrainConfig, inputs, g: torch.Generator, s: slice, micro: int) -> Tensor:
+    """The weighted denoising loss of this rank's slice of a micro-batch, at random timesteps: uniform, but
+    with a share of them at T-1, the pure noise where sampling starts."""
     x0, labels, cond = inputs
     t = torch.randint(len(alphas_cumprod), (micro,), generator=g)[s]
+    if cfg.pure_noise_share:
+        at_start = (torch.rand(micro, generator=g) < cfg.pure_noise_share)[s]
+        t = t.masked_fill(at_start, len(alphas_cumprod) - 1)
     noise = torch.randn((micro, *x0.shape[1:]), generator=g)[s]
     device = next(model.parameters()).device
     x0, noise, t = x0.to(device), noise.to(device), t.to(device)
@@ -306,7 +314,7 @@ def diffusion_loss(model, alphas_cumprod: Tensor, spec: ModelSpec, gamma: float,
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         out = model(x_t, t, None if labels is None else labels.to(device), None if cond is None else cond.to(device))
     per_sample = ((out.float() - target(spec.prediction, x0, noise, ab)) ** 2).mean(dim=(1, 2, 3))
-    return (min_snr_weight(spec.prediction, ab, gamma) * per_sample).mean()
+    return (min_snr_weight(spec.prediction, ab, cfg.min_snr_gamma) * per_sample).mean()
 
 
 def residual_scale(batches: Batches, cfg: TrainConfig) -> float:
@@ -468,7 +476,7 @@ def train_step(net, opt, batches: Batches, spec: ModelSpec, cfg: TrainConfig, al
     for j in range(cfg.grad_accum):
         crops, labels, g = batches.get(step * cfg.grad_accum + j)
         inputs = make_inputs(crops, labels, g, spec, cfg, s, batches.micro)
-        loss = diffusion_loss(net, alphas_cumprod, spec, cfg.min_snr_gamma, inputs, g, s, batches.micro) / cfg.grad_accum
+        loss = diffusion_loss(net, alphas_cumprod, spec, cfg, inputs, g, s, batches.micro) / cfg.grad_accum
         loss.backward()
         total += loss.item()
     if math.isfinite(total):
