@@ -237,6 +237,7 @@ def test_describe_a_file_and_a_hub_model(tmp_path, offline_hub):
     assert (info["task"], info["scale"], info["image_size"], info["channels"]) == ("generate", 1, 16, 3)
     assert (info["classes"], info["parameters"], info["train_steps"]) == (["red", "blue"], params, 100)
     assert (info["data"], info["train_command"], info["metrics"]) == ("data/blobs", EXTRA["command"], EXTRA["metrics"])
+    assert info["provenance"] == {"images": 12}  # what the fixed fields leave out, e.g. a fine-tune's parent
     assert info["usage"] == f"diffgen generate --model {run / 'model.safetensors'} --n 16 --class red --out generated/"
     assert hub.describe(run) == info  # a run folder is described by its model file
     assert hub.model_identity(run / "model.safetensors") == {"model": "model.safetensors", "sha256": info["sha256"][:12]}

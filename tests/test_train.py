@@ -205,6 +205,16 @@ def test_init_from_refuses_a_model_for_other_data(class_folder, photo_folder, tm
     assert not (tmp_path / "gen2").exists()
 
 
+def test_init_from_a_missing_bundled_model_names_the_option(photo_folder, tmp_path, monkeypatch):
+    from diffgen import models
+    from diffgen.errors import CheckpointError
+
+    monkeypatch.setattr(models, "weights_dir", lambda: tmp_path / "no-weights")
+    with pytest.raises(CheckpointError, match="bundled model 'upscale-x4' is missing; reinstall diffgen or pass --init-from PATH"):
+        train(config(photo_folder, tmp_path / "sr", task=Task.UPSCALE, image_size=32, init_from="upscale-x4"))
+    assert not (tmp_path / "sr").exists()
+
+
 class TimestepRecorder(torch.nn.Module):
     """A stand-in network that predicts zeros and remembers the timesteps it was asked about."""
 

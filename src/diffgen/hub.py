@@ -381,11 +381,13 @@ def describe(path_or_loaded: Path | LoadedModel) -> dict:
     path = model_file(path_or_loaded.path if isinstance(path_or_loaded, LoadedModel) else path_or_loaded)
     spec, metadata, params = read_model_file(path)
     source = origin(path)
+    shown = ("data", "command", "metrics")
+    more = {key: value for key, value in spec.extra.items() if key not in shown}  # e.g. init_from, averaged
     return {
         **source, "path": str(path), "size_bytes": path.stat().st_size, "sha256": file_sha256(path),
         "task": spec.task.value, "scale": spec.scale, "image_size": spec.image_size, "channels": spec.channels,
         "classes": list(spec.class_names), "parameters": params, "train_steps": spec.train_steps,
-        "data": spec.extra.get("data"), "train_command": spec.extra.get("command"),
+        "data": spec.extra.get("data"), "train_command": spec.extra.get("command"), "provenance": more or None,
         "metrics": spec.extra.get("metrics"), "diffgen_version": metadata.get("diffgen_version"),
         "config": {"schedule": spec.schedule.value, "num_timesteps": spec.num_timesteps,
                    "prediction": spec.prediction.value, "unet": spec.unet.to_dict()},

@@ -25,13 +25,13 @@ def default_model(task: Task) -> str:
     return next(name for name, (_, t) in BUNDLED.items() if t is task)
 
 
-def resolve(model: str | None, task: Task) -> Path:
-    """The file a `--model` value names."""
+def resolve(model: str | None, task: Task, option: str = "--model") -> Path:
+    """The file a `--model` value (or that of `option`) names."""
     model = model or default_model(task)
     if model in BUNDLED:
         path = weights_dir() / BUNDLED[model][0]
         if not path.is_file():
-            raise CheckpointError(f"{path}: the bundled model '{model}' is missing; reinstall diffgen or pass --model PATH")
+            raise CheckpointError(f"{path}: the bundled model '{model}' is missing; reinstall diffgen or pass {option} PATH")
         return path
     # Hub repo ids (`user/name[@revision]`, not an existing local path) are fetched by hub.py, imported
     # here because hub.py imports this module.

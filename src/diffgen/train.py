@@ -203,7 +203,7 @@ def build_spec(cfg: TrainConfig, data: Dataset) -> ModelSpec:
 def fine_tuned(cfg: TrainConfig, spec: ModelSpec, notify: Callable[[Event], None]) -> tuple[ModelSpec, torch.nn.Module]:
     """--init-from: the model to start from, and the spec of the run, which keeps that model's architecture,
     target, schedule and residual scale; the data must suit it (task, channels, classes, scale)."""
-    start = load_model(resolve(cfg.init_from, cfg.task))
+    start = load_model(resolve(cfg.init_from, cfg.task, option="--init-from"))
     src, name = start.spec, f"--init-from {cfg.init_from}"
     for what, theirs, ours in (("task", src.task.value, spec.task.value), ("channels", src.channels, spec.channels),
                                ("classes", list(src.class_names), list(spec.class_names)), ("scale", src.scale, spec.scale)):
