@@ -67,7 +67,7 @@ def main() -> None:
         sampling = Sampling(steps=steps, samples=args.samples)
         seconds = timed(lambda: upscale_image(loaded, img, sampling=sampling), args.repeats)
         rows["diffgen_s"][steps] = seconds
-        print(f"{f'diffgen, {steps} steps':<22}{seconds:>9.2f}{seconds / megapixels:>9.2f}")
+        print(f"{f'diffgen, {steps} step' + 's' * (steps > 1):<22}{seconds:>9.2f}{seconds / megapixels:>9.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -12,7 +12,7 @@ from diffgen.checkpoint import Task
 from diffgen.images import open_image
 from diffgen.metrics import bicubic_upscale, crop_to_multiple, make_lowres
 from diffgen.models import open_model
-from diffgen.upscale import DEFAULT_STEPS, Sampling, upscale_image
+from diffgen.upscale import Sampling, upscale_image
 
 
 def labelled(img: Image.Image, text: str) -> Image.Image:
@@ -28,20 +28,21 @@ def main() -> None:
     parser.add_argument("dest", type=Path)
     parser.add_argument("--box", type=int, nargs=4, default=(0, 0, 160, 160), help="crop of the HR image: l t r b")
     parser.add_argument("--model", default=None)
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--steps", type=int, default=Sampling().steps)
+    parser.add_argument("--samples", type=int, default=Sampling().samples)
     args = parser.parse_args()
     loaded = open_model(args.model, Task.UPSCALE)
     s = loaded.spec.scale
     hr = crop_to_multiple(open_image(args.hr).convert("RGB"), s)
     lr = make_lowres(hr, s)
-    sr, _ = upscale_image(loaded, lr, sampling=Sampling(steps=args.steps))
+    sr, _ = upscale_image(loaded, lr, sampling=Sampling(steps=args.steps, samples=args.samples))
     box = tuple(v // s * s for v in args.box)
     small = tuple(v // s for v in box)
     zoom = 2  # show the crops larger, with nearest-neighbour so no filter hides anything
     panels = [
         ("input (nearest)", lr.crop(small).resize(((box[2] - box[0]), (box[3] - box[1])), Image.Resampling.NEAREST)),
         ("bicubic", bicubic_upscale(lr, s).crop(box)),
-        (f"diffgen, {args.steps} step(s)", sr.crop(box)),
+        (f"diffgen, {args.steps} step{'s' * (args.steps > 1)} x {args.samples} sample{'s' * (args.samples > 1)}", sr.crop(box)),
         ("original", hr.crop(box)),
     ]
     tiles = [labelled(p.resize((p.width * zoom, p.height * zoom), Image.Resampling.NEAREST), t) for t, p in panels]
