@@ -216,15 +216,17 @@ def test_init_from_a_missing_bundled_model_names_the_option(photo_folder, tmp_pa
 
 
 class TimestepRecorder(torch.nn.Module):
-    """A stand-in network that predicts zeros and remembers the timesteps it was asked about."""
+    """A stand-in network that predicts zeros and remembers the timesteps it was asked about, and whether
+    it ran under bf16 autocast."""
 
     def __init__(self):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(()))
-        self.seen = []
+        self.seen, self.autocast = [], []
 
     def forward(self, x, t, labels=None, cond=None):
         self.seen.append(t)
+        self.autocast.append(torch.is_autocast_enabled("cpu"))
         return x * self.weight
 
 
@@ -251,3 +253,25 @@ def test_a_pure_noise_share_outside_0_to_1_is_refused(class_folder, tmp_path):
     with pytest.raises(OptionError, match=r"--pure-noise-share 1.5: must be in \[0, 1\]"):
         train(config(class_folder, tmp_path / "r", pure_noise_share=1.5))
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("precision, autocast", [("auto", False), ("fp32", False), ("bf16", True)])
+def test_cpus_train_in_bf16_only_when_asked(precision, autocast, class_folder, tmp_path):
+    from diffgen.train import build_spec, diffusion_loss, load_data
+
+    cfg, data = load_data(config(class_folder, tmp_path / "r", precision=precision), lambda event: None)
+    spec, net = build_spec(cfg, data), TimestepRecorder()
+    x0 = torch.zeros(4, 3, 16, 16)
+    loss = diffusion_loss(net, spec.make_schedule().alphas_cumprod.float(), spec, cfg, (x0, None, None),
+                          torch.Generator().manual_seed(0), slice(None), 4)
+    assert net.autocast == [autocast] and loss.dtype == torch.float32
+
+
+def test_a_bf16_run_trains_and_records_its_precision(class_folder, tmp_path):
+    from diffgen.state import load_config
+
+    out = tmp_path / "r"
+    train(config(class_folder, out, precision="bf16"))
+    assert load_config(out / "state.safetensors").precision == "bf16"  # so a resumed run keeps it
+    losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(losses) == 4 and all(0 < loss < 10 for loss in losses)

@@ -78,6 +78,7 @@ class TrainConfig:
     workers: int = 2  # DataLoader workers when the data is streamed from disk
     memory_limit: int = 2 << 30  # decode the data set into memory up to this many bytes, else stream it
     device: str = "auto"  # auto, cpu, cuda or cuda:N
+    precision: str = "auto"  # of the forward pass: auto (bf16 autocast on CUDA, fp32 on CPUs), fp32 or bf16
     init_from: str | None = None  # fine-tune: start from this model's weights (bundled name, file or run)
 
 
@@ -165,6 +166,8 @@ def check_config(cfg: TrainConfig, ranks: Ranks) -> None:
         raise OptionError(f"--label-dropout {cfg.label_dropout}: must be in [0, 1)")
     if not 0 <= cfg.pure_noise_share <= 1:
         raise OptionError(f"--pure-noise-share {cfg.pure_noise_share}: must be in [0, 1]")
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        raise OptionError(f"--precision {cfg.precision}: choose auto, fp32 or bf16")
 
 
 def build_spec(cfg: TrainConfig, data: Dataset) -> ModelSpec:
@@ -298,6 +301,13 @@ def make_inputs(crops: Tensor, labels: Tensor, g: torch.Generator, spec: ModelSp
     return hr, labels.masked_fill(drop, spec.unet.num_classes), None
 
 
+def trains_in_bf16(precision: str, device: torch.device) -> bool:
+    """Whether the forward pass runs under bf16 autocast: by default on CUDA only. On a CPU with native bf16
+    (AVX512-BF16) it trained a fine-tune 1.25x faster to the same PSNR, but elsewhere it is emulated and
+    slower, and from-scratch training in it is unmeasured, so CPUs use it only when asked."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 def diffusion_loss(model, alphas_cumprod: Tensor, spec: ModelSpec, cfg: TrainConfig, inputs, g: torch.Generator, s: slice, micro: int) -> Tensor:
     """The weighted denoising loss of this rank's slice of a micro-batch, at random timesteps: uniform, but
     with a share of them at T-1, the pure noise where sampling starts."""
@@ -311,7 +321,7 @@ def diffusion_loss(model, alphas_cumprod: Tensor, spec: ModelSpec, cfg: TrainCon
     x0, noise, t = x0.to(device), noise.to(device), t.to(device)
     ab = alphas_cumprod.to(device)[t]
     x_t = q_sample(ab, x0, noise)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=trains_in_bf16(cfg.precision, device)):
         out = model(x_t, t, None if labels is None else labels.to(device), None if cond is None else cond.to(device))
     per_sample = ((out.float() - target(spec.prediction, x0, noise, ab)) ** 2).mean(dim=(1, 2, 3))
     return (min_snr_weight(spec.prediction, ab, cfg.min_snr_gamma) * per_sample).mean()
