@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 from diffgen.checkpoint import load_model, save_model
+from diffgen.errors import DiffgenError
+from diffgen.hub import model_file
 
 
 def parse_extra(items: list[str]) -> dict:
@@ -39,8 +41,11 @@ def main() -> None:
     parser.add_argument("dest", type=Path, help="where to write the half-precision model")
     parser.add_argument("--extra", action="append", default=[], help="KEY=VALUE provenance to record")
     args = parser.parse_args()
-    srcs = [run / "model.safetensors" if run.is_dir() else run for run in args.runs]
-    loaded = [load_model(src) for src in srcs]
+    try:
+        srcs = [model_file(run) for run in args.runs]
+        loaded = [load_model(src) for src in srcs]
+    except DiffgenError as e:
+        parser.error(str(e))
     model, spec = loaded[0].model, loaded[0].spec
     if len(loaded) > 1:
         if any(other.spec.unet != spec.unet for other in loaded[1:]):
