@@ -199,7 +199,7 @@ def train(
     log_every: Annotated[int, typer.Option(help="Log line every N steps.")] = 50,
     workers: Annotated[int, typer.Option(help="DataLoader workers when the data is too big for memory.")] = 2,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    precision: Annotated[PrecisionOpt, typer.Option(help="auto: bf16 autocast on CUDA, fp32 on CPUs; bf16 trains about 1.25x faster on CPUs with native bf16.")] = PrecisionOpt.auto,
+    precision: Annotated[PrecisionOpt, typer.Option(help="auto: bf16 autocast on CUDA, fp32 on CPUs; bf16 trains about 1.2x faster on CPUs with native bf16.")] = PrecisionOpt.auto,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out where it stopped.")] = False,
     init_from: Annotated[Optional[str], typer.Option(help="Fine-tune: start from this model (bundled name, file or run folder), keeping its architecture and target.")] = None,
 ) -> None:

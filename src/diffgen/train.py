@@ -305,8 +305,8 @@ def make_inputs(crops: Tensor, labels: Tensor, g: torch.Generator, spec: ModelSp
 
 def trains_in_bf16(precision: str, device: torch.device) -> bool:
     """Whether the forward pass runs under bf16 autocast: by default on CUDA only. On a CPU with native bf16
-    (AVX512-BF16) it trained a fine-tune 1.25x faster to the same PSNR, but elsewhere it is emulated and
-    slower, and from-scratch training in it is unmeasured, so CPUs use it only when asked."""
+    (AVX512-BF16) it trains about 1.2x faster, to the same PSNR in a fine-tune but slightly lower from
+    scratch (docs/upscale.md), and elsewhere it is emulated and slower, so CPUs use it only when asked."""
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
