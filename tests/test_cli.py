@@ -276,6 +276,7 @@ def test_option_defaults_mirror_the_core():
 
     from diffgen import cli, generate, models, upscale
     from diffgen.checkpoint import Task
+    from diffgen.train import UPSCALE_DEFAULTS, TrainConfig
 
     core, cli_generate = inspect.signature(generate.generate_images).parameters, inspect.signature(cli.generate).parameters
     assert cli_generate["steps"].default == core["steps"].default
@@ -288,6 +289,13 @@ def test_option_defaults_mirror_the_core():
     for command, task in ((cli.generate, Task.GENERATE), (cli.upscale, Task.UPSCALE), (cli.eval_upscale, Task.UPSCALE)):
         option = typing.get_type_hints(command, include_extras=True)["model"].__metadata__[0]
         assert option.show_default == models.default_model(task)
+    def shown(value) -> str:  # as --help writes it: 0 for 0.0, x0 for Prediction.X0
+        return str(getattr(value, "value", value)).removesuffix(".0")
+
+    train_options = typing.get_type_hints(cli.train, include_extras=True)
+    for name, value in UPSCALE_DEFAULTS.items():  # shown as "generation default; upscale: value"
+        generation, upscaling = train_options[name].__metadata__[0].show_default.split("; upscale: ")
+        assert (generation, upscaling) == (shown(getattr(TrainConfig, name)), shown(value))
 
 
 def test_grid_has_one_row_per_class_when_classes_are_even():

@@ -130,9 +130,9 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 @contextmanager
 def process_group(device: torch.device) -> Iterator[Ranks]:
     """Join the process group torchrun describes in the environment (NCCL on GPUs, gloo on CPUs), and
-    leave it together on the way out. A gloo rank that shut down while another was still at work, or
+    leave it together on the way out: a gloo rank that shut down while another was still at work, or
     with its group still alive, now and then aborted at exit ("terminate called without an active
-    exception"; 3 in 18 runs of the test, none in 44 since the barrier)."""
+    exception")."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         yield Ranks()
         return
