@@ -232,6 +232,24 @@ def test_a_moved_run_resumes_where_it_now_is(class_folder, tmp_path):
     assert load_model(moved / "model.safetensors").spec.train_steps == 3
 
 
+def test_resume_keeps_the_runs_precision_unless_told_to_move_it(class_folder, tmp_path):
+    from diffgen.state import load_config
+
+    run = tmp_path / "r"
+    args = ("train", class_folder, "--out", run, "--image-size", 16, "--batch-size", 4)
+    assert invoke(*args, "--max-steps", 1, "--precision", "bf16", "--device", "cpu").exit_code == 0
+
+    def saved():
+        return load_config(run / "state.safetensors")
+
+    r = invoke(*args, "--resume", "--max-steps", 2)
+    assert r.exit_code == 0, r.output
+    assert (saved().precision, saved().device) == ("bf16", "cpu")
+    r = invoke(*args, "--resume", "--max-steps", 3, "--precision", "fp32", "--device", "auto")
+    assert r.exit_code == 0, r.output
+    assert (saved().precision, saved().device, saved().max_steps) == ("fp32", "auto", 3)
+
+
 @pytest.mark.parametrize("args, needle", [
     (["generate", "--sampler", "foo"], "'foo' is not one of"),
     (["generate", "--nn", "3"], "No such option: --nn"),

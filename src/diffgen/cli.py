@@ -198,8 +198,8 @@ def train(
     sample_every: Annotated[int, typer.Option(help="Sample grid every N steps.")] = 1000,
     log_every: Annotated[int, typer.Option(help="Log line every N steps.")] = 50,
     workers: Annotated[int, typer.Option(help="DataLoader workers when the data is too big for memory.")] = 2,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    precision: Annotated[PrecisionOpt, typer.Option(help="auto: bf16 autocast on CUDA, fp32 on CPUs; bf16 trains about 1.2x faster on CPUs with native bf16.")] = PrecisionOpt.auto,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.", show_default="auto; --resume: the run's")] = None,
+    precision: Annotated[Optional[PrecisionOpt], typer.Option(help="auto: bf16 autocast on CUDA, fp32 on CPUs; bf16 trains about 1.2x faster on CPUs with native bf16.", show_default="auto; --resume: the run's")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out where it stopped.")] = False,
     init_from: Annotated[Optional[str], typer.Option(help="Fine-tune: start from this model (bundled name, file or run folder), keeping its architecture and target.")] = None,
 ) -> None:
@@ -227,9 +227,10 @@ def train(
         raise OptionError("--init-from and --resume: a resumed run continues from its own state; give one or the other")
     if resume and (out / "state.safetensors").exists():
         # A resumed run keeps its own settings; only --max-steps may extend it. The folders are where they
-        # are now (a run may have moved).
+        # are now (a run may have moved), and --device and --precision may move it to other hardware.
         cfg = load_config(out / "state.safetensors")
-        cfg = replace(cfg, data_dir=data_dir, out_dir=out, max_steps=max_steps or cfg.max_steps)
+        cfg = replace(cfg, data_dir=data_dir, out_dir=out, max_steps=max_steps or cfg.max_steps,
+                      device=device or cfg.device, precision=precision.value if precision else cfg.precision)
     else:
         if max_steps and epochs:
             raise OptionError("--epochs and --max-steps: give one or the other")
@@ -246,7 +247,8 @@ def train(
             batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, lr_decay=lr_decay,
             grad_clip=grad_clip, ema_decay=ema_decay, schedule=ScheduleKind(schedule.value),
             label_dropout=label_dropout, seed=seed, save_every=save_every, sample_every=sample_every,
-            log_every=log_every, workers=workers, device=device, precision=precision.value, epochs=epochs,
+            log_every=log_every, workers=workers, device=device or "auto",
+            precision=precision.value if precision else "auto", epochs=epochs,
             init_from=init_from,
         )
     with TrainProgress(cfg.max_steps) as progress:
