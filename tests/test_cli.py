@@ -309,8 +309,8 @@ def test_option_defaults_mirror_the_core():
     for command, task in ((cli.generate, Task.GENERATE), (cli.upscale, Task.UPSCALE), (cli.eval_upscale, Task.UPSCALE)):
         option = typing.get_type_hints(command, include_extras=True)["model"].__metadata__[0]
         assert option.show_default == models.default_model(task)
-    def shown(value) -> str:  # as --help writes it: 0 for 0.0, x0 for Prediction.X0
-        return str(getattr(value, "value", value)).removesuffix(".0")
+    def shown(value) -> str:  # as --help writes it: 0 for 0.0, x0 for Prediction.X0, None: the preset's
+        return "the preset's" if value is None else str(getattr(value, "value", value)).removesuffix(".0")
 
     train_options = typing.get_type_hints(cli.train, include_extras=True)
     for name, value in UPSCALE_DEFAULTS.items():  # shown as "generation default; upscale: value"

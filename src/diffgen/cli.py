@@ -177,7 +177,7 @@ def train(
     preset: Annotated[str, typer.Option(help="U-Net size: tiny, small or base.")] = "tiny",
     base_channels: Annotated[Optional[int], typer.Option(help="Width of the first level.", show_default="the preset's")] = None,
     channel_mults: Annotated[Optional[str], typer.Option(help="Width multiple per level, e.g. 1,2,2.", show_default="the preset's")] = None,
-    res_blocks: Annotated[Optional[int], typer.Option(help="Residual blocks per level.", show_default="the preset's")] = None,
+    num_res_blocks: Annotated[Optional[int], typer.Option("--res-blocks", help="Residual blocks per level.", show_default="the preset's; upscale: 2")] = None,
     attention_levels: Annotated[Optional[str], typer.Option(help="Levels with attention, e.g. 2 or 1,2.", show_default="the preset's")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Optimisation steps.", show_default="2000, or the resumed run's")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the data, instead of --max-steps.")] = None,
@@ -236,13 +236,13 @@ def train(
             raise OptionError("--epochs and --max-steps: give one or the other")
         # Options left out take TrainConfig's defaults, or the upscaling ones for --task upscale.
         given = {"image_size": image_size, "min_snr_gamma": min_snr_gamma, "pure_noise_share": pure_noise_share,
-                 "prediction": Prediction(prediction.value) if prediction else None}
+                 "num_res_blocks": num_res_blocks, "prediction": Prediction(prediction.value) if prediction else None}
         task_defaults = UPSCALE_DEFAULTS if task is TaskOpt.upscale else {}
         cfg = TrainConfig(
             **(task_defaults | {name: value for name, value in given.items() if value is not None}),
             data_dir=data_dir, out_dir=out, task=Task(task.value), scale=scale,
             channels=channels, crop=Crop(crop.value), flip=flip, preset=preset, base_channels=base_channels,
-            channel_mults=int_list("--channel-mults", channel_mults), num_res_blocks=res_blocks,
+            channel_mults=int_list("--channel-mults", channel_mults),
             attention_levels=int_list("--attention-levels", attention_levels), max_steps=max_steps or 2000,
             batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, lr_decay=lr_decay,
             grad_clip=grad_clip, ema_decay=ema_decay, schedule=ScheduleKind(schedule.value),
