@@ -104,11 +104,15 @@ def test_bad_options_exit_2_with_one_line(generator_run, tmp_path):
 
 
 def test_upscaling_runs_default_to_the_bundled_upscalers_recipe(generator_run, upscaler_run, photo_folder, tmp_path):
+    from diffgen.checkpoint import load_model
     from diffgen.state import load_config
 
     gen, sr = load_config(generator_run / "state.safetensors"), load_config(upscaler_run / "state.safetensors")
     assert (gen.prediction.value, gen.min_snr_gamma, gen.pure_noise_share, gen.image_size) == ("v", 5.0, 0.0, 16)
-    assert (sr.prediction.value, sr.min_snr_gamma, sr.pure_noise_share) == ("x0", 0.0, 0.5)  # upscaler_run gives only --image-size
+    assert gen.num_res_blocks is None  # the preset's
+    # upscaler_run gives only --image-size
+    assert (sr.prediction.value, sr.min_snr_gamma, sr.pure_noise_share, sr.num_res_blocks) == ("x0", 0.0, 0.5, 2)
+    assert load_model(upscaler_run / "model.safetensors").spec.unet.num_res_blocks == 2
     r = invoke("train", photo_folder, "--out", tmp_path / "sr", "--task", "upscale", "--max-steps", 1)
     assert r.exit_code == 1 and "smaller than --image-size 96" in r.output  # the photos are 48 px
 
