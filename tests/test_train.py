@@ -191,6 +191,19 @@ def test_init_from_starts_from_the_models_weights_and_keeps_its_spec(photo_folde
         assert torch.equal(p, q), name
 
 
+def test_a_fine_tune_resumes_with_the_network_it_started_from(photo_folder, tmp_path):
+    from diffgen.checkpoint import load_model
+
+    kw = {"task": Task.UPSCALE, "image_size": 32, "batch_size": 2}
+    first = train(config(photo_folder, tmp_path / "first", num_res_blocks=1, max_steps=1, **kw)).model_path
+    # The options now ask for another shape (2 blocks, as --task upscale does); the run keeps the model's.
+    tuned = config(photo_folder, tmp_path / "tuned", num_res_blocks=2, init_from=str(first), **kw)
+    train(replace(tuned, max_steps=2))
+    train(tuned, resume=True)
+    resumed = load_model(tmp_path / "tuned" / "model.safetensors").spec
+    assert resumed.unet == load_model(first).spec.unet and resumed.train_steps == 4
+
+
 def test_init_from_refuses_a_model_for_other_data(class_folder, photo_folder, tmp_path):
     generator = train(config(class_folder, tmp_path / "gen", max_steps=1)).model_path
     with pytest.raises(OptionError, match="--init-from .*: task generate in the model, upscale in this run"):

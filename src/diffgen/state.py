@@ -57,9 +57,15 @@ def read_state(path: Path) -> tuple[dict, dict]:
     return tensors, meta
 
 
-def load_state(path: Path, model, ema, opt) -> tuple[int, ModelSpec]:
-    """Restore everything `save_state` wrote; returns the step and the run's model spec."""
-    tensors, meta = read_state(path)
+def saved_spec(meta: dict) -> ModelSpec:
+    """The spec of the network a state holds (from `read_state`'s metadata): resuming builds this one."""
+    return ModelSpec.from_json(meta["spec"])
+
+
+def restore_state(state: tuple[dict, dict], model, ema, opt) -> int:
+    """Restore everything `save_state` wrote (as `read_state` returns it) into a network built from
+    `saved_spec`; returns the step."""
+    tensors, meta = state
     take = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     device = next(model.parameters()).device
     model.load_state_dict(take("model."))
@@ -70,7 +76,7 @@ def load_state(path: Path, model, ema, opt) -> tuple[int, ModelSpec]:
         opt_state.setdefault(int(i), {})[name] = v if name == "step" else v.to(device)
     opt.load_state_dict({"state": opt_state, "param_groups": json.loads(meta["opt_groups"])})
     torch.set_rng_state(tensors["rng.torch"])
-    return int(meta["step"]), ModelSpec.from_json(meta["spec"])
+    return int(meta["step"])
 
 
 def config_to_json(cfg: "TrainConfig") -> str:

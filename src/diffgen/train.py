@@ -35,7 +35,7 @@ from diffgen.generate import sample_batch
 from diffgen.images import make_grid, save_image, tensor_to_pil, to_model_range
 from diffgen.models import resolve
 from diffgen.schedule import Prediction, ScheduleKind, min_snr_weight, q_sample, target
-from diffgen.state import load_state, save_state
+from diffgen.state import read_state, restore_state, save_state, saved_spec
 from diffgen.unet import PRESETS, UNet, UNetConfig, preset
 from diffgen.upscale import Sampling, upscale_tensor
 
@@ -409,12 +409,15 @@ def train_loop(
     """The training loop of `train`, on a checked run folder that this process holds; `start` is the
     --init-from model, else the network is new."""
     torch.manual_seed(cfg.seed)
+    state = read_state(out / "state.safetensors") if resume else None
+    if state is not None:
+        spec = saved_spec(state[1])  # the run's own network, e.g. the one --init-from started it from
     model = (UNet(spec.unet) if start is None else start).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     step = 0
-    if resume:
-        step, spec = load_state(out / "state.safetensors", model, ema, opt)
+    if state is not None:
+        step = restore_state(state, model, ema, opt)
         truncate_log(out / "log.jsonl", step)
         for leftover in out.glob(".*.safetensors.*.tmp"):  # half-written by a process that was killed
             leftover.unlink(missing_ok=True)
