@@ -249,9 +249,18 @@ def test_resume_keeps_the_runs_precision_unless_told_to_move_it(class_folder, tm
     r = invoke(*args, "--resume", "--max-steps", 2)
     assert r.exit_code == 0, r.output
     assert (saved().precision, saved().device) == ("bf16", "cpu")
-    r = invoke(*args, "--resume", "--max-steps", 3, "--precision", "fp32", "--device", "auto")
+    r = invoke(*args, "--resume", "--max-steps", 3, "--precision", "fp32", "--device", "auto", "--save-every", 7)
     assert r.exit_code == 0, r.output
-    assert (saved().precision, saved().device, saved().max_steps) == ("fp32", "auto", 3)
+    assert (saved().precision, saved().device, saved().max_steps, saved().save_every) == ("fp32", "auto", 3, 7)
+
+
+def test_resume_refuses_options_that_would_change_the_run(generator_run, class_folder):
+    before = (generator_run / "state.safetensors").read_bytes()
+    r = invoke("train", class_folder, "--out", generator_run, "--resume", "--lr", 1e-3, "--batch-size", 8,
+               "--image-size", 16, "--max-steps", 5)  # the image size is the run's own: no change, no complaint
+    assert r.exit_code == 2 and "--batch-size, --lr would change the run's own settings" in r.output
+    assert f"--init-from {generator_run}" in r.output
+    assert (generator_run / "state.safetensors").read_bytes() == before
 
 
 @pytest.mark.parametrize("args, needle", [

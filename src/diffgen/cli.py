@@ -13,11 +13,14 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from diffgen.train import TrainConfig
 
 app = typer.Typer(
     help="Train diffusion models on folders of images, generate new images, and upscale photos.",
@@ -166,6 +169,7 @@ def check_positive(name: str, value: int | None) -> None:
 @app.command()
 @run_command
 def train(
+    ctx: typer.Context,
     data_dir: Annotated[Path, typer.Argument(help="Folder of images; sub-folders are classes.")],
     out: Annotated[Path, typer.Option("--out", help="Run folder for the model, state, log and samples.")] = Path("runs/latest"),
     task: Annotated[TaskOpt, typer.Option(help="generate: new images; upscale: super-resolution.")] = TaskOpt.generate,
@@ -211,8 +215,6 @@ def train(
       diffgen train data/digits --out runs/digits --resume
       diffgen train my-photos --out runs/my-sr --task upscale --init-from upscale-x4 --lr 1e-4 --lr-decay --max-steps 2000
     """
-    from dataclasses import replace  # noqa: PLC0415
-
     from diffgen.checkpoint import Task  # noqa: PLC0415
     from diffgen.data import Crop  # noqa: PLC0415
     from diffgen.errors import OptionError  # noqa: PLC0415
@@ -225,32 +227,27 @@ def train(
 
     if resume and init_from:
         raise OptionError("--init-from and --resume: a resumed run continues from its own state; give one or the other")
+    if max_steps and epochs:
+        raise OptionError("--epochs and --max-steps: give one or the other")
+    # Options left out take TrainConfig's defaults, or the upscaling ones for --task upscale.
+    given = {"image_size": image_size, "min_snr_gamma": min_snr_gamma, "pure_noise_share": pure_noise_share,
+             "num_res_blocks": num_res_blocks, "prediction": Prediction(prediction.value) if prediction else None}
+    task_defaults = UPSCALE_DEFAULTS if task is TaskOpt.upscale else {}
+    cfg = TrainConfig(
+        **(task_defaults | {name: value for name, value in given.items() if value is not None}),
+        data_dir=data_dir, out_dir=out, task=Task(task.value), scale=scale,
+        channels=channels, crop=Crop(crop.value), flip=flip, preset=preset, base_channels=base_channels,
+        channel_mults=int_list("--channel-mults", channel_mults),
+        attention_levels=int_list("--attention-levels", attention_levels), max_steps=max_steps or 2000,
+        batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, lr_decay=lr_decay,
+        grad_clip=grad_clip, ema_decay=ema_decay, schedule=ScheduleKind(schedule.value),
+        label_dropout=label_dropout, seed=seed, save_every=save_every, sample_every=sample_every,
+        log_every=log_every, workers=workers, device=device or "auto",
+        precision=precision.value if precision else "auto", epochs=epochs,
+        init_from=init_from,
+    )
     if resume and (out / "state.safetensors").exists():
-        # A resumed run keeps its own settings; only --max-steps may extend it. The folders are where they
-        # are now (a run may have moved), and --device and --precision may move it to other hardware.
-        cfg = load_config(out / "state.safetensors")
-        cfg = replace(cfg, data_dir=data_dir, out_dir=out, max_steps=max_steps or cfg.max_steps,
-                      device=device or cfg.device, precision=precision.value if precision else cfg.precision)
-    else:
-        if max_steps and epochs:
-            raise OptionError("--epochs and --max-steps: give one or the other")
-        # Options left out take TrainConfig's defaults, or the upscaling ones for --task upscale.
-        given = {"image_size": image_size, "min_snr_gamma": min_snr_gamma, "pure_noise_share": pure_noise_share,
-                 "num_res_blocks": num_res_blocks, "prediction": Prediction(prediction.value) if prediction else None}
-        task_defaults = UPSCALE_DEFAULTS if task is TaskOpt.upscale else {}
-        cfg = TrainConfig(
-            **(task_defaults | {name: value for name, value in given.items() if value is not None}),
-            data_dir=data_dir, out_dir=out, task=Task(task.value), scale=scale,
-            channels=channels, crop=Crop(crop.value), flip=flip, preset=preset, base_channels=base_channels,
-            channel_mults=int_list("--channel-mults", channel_mults),
-            attention_levels=int_list("--attention-levels", attention_levels), max_steps=max_steps or 2000,
-            batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, lr_decay=lr_decay,
-            grad_clip=grad_clip, ema_decay=ema_decay, schedule=ScheduleKind(schedule.value),
-            label_dropout=label_dropout, seed=seed, save_every=save_every, sample_every=sample_every,
-            log_every=log_every, workers=workers, device=device or "auto",
-            precision=precision.value if precision else "auto", epochs=epochs,
-            init_from=init_from,
-        )
+        cfg = resumed_config(ctx, cfg, load_config(out / "state.safetensors"))
     with TrainProgress(cfg.max_steps) as progress:
         result = run_training(cfg, callback=progress.update, resume=resume)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
@@ -261,6 +258,31 @@ def train(
                                    f"model written to {result.model_path}"), highlight=False, soft_wrap=True)
         raise typer.Exit(3)
     report_done(f"model written to {result.model_path}")
+
+
+# What a resumed run takes from the command line: where its data and folder now are, how long to go on,
+# the hardware (a CPU run may move to a GPU) and how often to save and report. Every other setting is the
+# run's own; the same value may be given again (the first command with --resume added), another is refused.
+RESUME_MAY_SET = frozenset({"data_dir", "out_dir", "max_steps", "device", "precision", "save_every",
+                            "sample_every", "log_every", "workers"})
+
+
+def resumed_config(ctx: typer.Context, asked: TrainConfig, saved: TrainConfig) -> TrainConfig:
+    """The saved run's config, with what the command line may change on a resume."""
+    from dataclasses import replace  # noqa: PLC0415
+
+    from diffgen.errors import OptionError  # noqa: PLC0415
+
+    # By name: Typer may bring its own copy of click's ParameterSource.
+    given = {("out_dir" if p.name == "out" else p.name): p.opts[0] for p in ctx.command.params
+             if getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"}
+    changed = [flag for field, flag in given.items() if field not in RESUME_MAY_SET
+               and hasattr(saved, field) and getattr(asked, field) != getattr(saved, field)]
+    if changed:
+        raise OptionError(f"--resume: {', '.join(changed)} would change the run's own settings; leave them out to "
+                          f"continue it, or start a new run from it with --init-from {asked.out_dir}")
+    taken = {"data_dir", "out_dir"} | (given.keys() & RESUME_MAY_SET)
+    return replace(saved, **{field: getattr(asked, field) for field in taken})
 
 
 class TrainProgress:
