@@ -254,6 +254,16 @@ def test_resume_keeps_the_runs_precision_unless_told_to_move_it(class_folder, tm
     assert (saved().precision, saved().device, saved().max_steps, saved().save_every) == ("fp32", "auto", 3, 7)
 
 
+def test_a_run_of_epochs_resumes_to_the_steps_asked_for(class_folder, tmp_path):
+    args = ("train", class_folder, "--out", tmp_path / "r", "--image-size", 16, "--batch-size", 4)
+    assert invoke(*args, "--epochs", 1).exit_code == 0  # 12 images: 3 steps
+    r = invoke(*args, "--resume", "--max-steps", 5)
+    assert r.exit_code == 0, r.output
+    from diffgen.checkpoint import load_model
+
+    assert load_model(tmp_path / "r" / "model.safetensors").spec.train_steps == 5
+
+
 def test_resume_refuses_options_that_would_change_the_run(generator_run, class_folder):
     before = (generator_run / "state.safetensors").read_bytes()
     r = invoke("train", class_folder, "--out", generator_run, "--resume", "--lr", 1e-3, "--batch-size", 8,

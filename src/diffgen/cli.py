@@ -263,7 +263,7 @@ def train(
 # What a resumed run takes from the command line: where its data and folder now are, how long to go on,
 # the hardware (a CPU run may move to a GPU) and how often to save and report. Every other setting is the
 # run's own; the same value may be given again (the first command with --resume added), another is refused.
-RESUME_MAY_SET = frozenset({"data_dir", "out_dir", "max_steps", "device", "precision", "save_every",
+RESUME_MAY_SET = frozenset({"data_dir", "out_dir", "max_steps", "epochs", "device", "precision", "save_every",
                             "sample_every", "log_every", "workers"})
 
 
@@ -282,6 +282,8 @@ def resumed_config(ctx: typer.Context, asked: TrainConfig, saved: TrainConfig) -
         raise OptionError(f"--resume: {', '.join(changed)} would change the run's own settings; leave them out to "
                           f"continue it, or start a new run from it with --init-from {asked.out_dir}")
     taken = {"data_dir", "out_dir"} | (given.keys() & RESUME_MAY_SET)
+    if taken & {"max_steps", "epochs"}:  # a new length replaces the old, whichever way each is given
+        taken |= {"max_steps", "epochs"}
     return replace(saved, **{field: getattr(asked, field) for field in taken})
 
 
