@@ -3,8 +3,11 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,6 +42,24 @@ def test_resume_gives_bitwise_the_same_weights(class_folder, photo_folder, tmp_p
         assert torch.equal(a[k], b[k]), k
     steps = [line for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
     assert [json.loads(s)["step"] for s in steps] == [1, 2, 3, 4]
+
+
+def test_a_state_split_into_parts_for_git_resumes_exactly(class_folder, tmp_path):
+    tool = [sys.executable, str(Path(__file__).parents[1] / "tools" / "state_parts.py")]
+    train(config(class_folder, tmp_path / "run", max_steps=2))
+    parts = tmp_path / "parts"
+    subprocess.run([*tool, "split", tmp_path / "run" / "state.safetensors", parts, "--max-mib", "1"], check=True)
+    sizes = [p.stat().st_size for p in parts.iterdir()]
+    assert len(sizes) > 2 and max(sizes) < 1.01 * 2**20  # the limit, give or take the metadata
+    subprocess.run([*tool, "join", parts, tmp_path / "joined" / "state.safetensors"], check=True)
+    for run in ("run", "joined"):
+        train(config(class_folder, tmp_path / run, max_steps=4), resume=True)
+    a = load_file(tmp_path / "run" / "state.safetensors")
+    b = load_file(tmp_path / "joined" / "state.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    (parts / f"state-2-of-{len(sizes)}.safetensors").unlink()
+    r = subprocess.run([*tool, "join", parts, tmp_path / "again.safetensors"], capture_output=True, text=True)
+    assert r.returncode == 1 and "needs state-1-of-N" in r.stderr and not (tmp_path / "again.safetensors").exists()
 
 
 def test_fewer_images_than_a_batch_is_an_error(class_folder, tmp_path):
