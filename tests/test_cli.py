@@ -121,7 +121,7 @@ def test_train_refuses_an_existing_run_without_resume(generator_run, class_folde
     r = invoke("train", class_folder, "--out", generator_run, "--image-size", 16)
     assert r.exit_code == 2 and "--resume" in r.output
     r = invoke("train", class_folder, "--out", generator_run, "--resume", "--init-from", generator_run)
-    assert r.exit_code == 2 and "--init-from and --resume" in r.output
+    assert r.exit_code == 2 and "--init-from (the run's: none) would change the run's own settings" in r.output
 
 
 def test_a_run_another_trainer_holds_is_refused(generator_run, class_folder):
@@ -240,7 +240,9 @@ def test_resume_keeps_the_runs_precision_unless_told_to_move_it(class_folder, tm
     from diffgen.state import load_config
 
     run = tmp_path / "r"
-    args = ("train", class_folder, "--out", run, "--image-size", 16, "--batch-size", 4)
+    # Each resume repeats the first command's options, of every kind: the same values are no change.
+    args = ("train", class_folder, "--out", run, "--image-size", 16, "--batch-size", 4, "--no-flip",
+            "--schedule", "linear", "--channel-mults", "1,1,2", "--lr", "2e-4")
     assert invoke(*args, "--max-steps", 1, "--precision", "bf16", "--device", "cpu").exit_code == 0
 
     def saved():
@@ -267,9 +269,13 @@ def test_a_run_of_epochs_resumes_to_the_steps_asked_for(class_folder, tmp_path):
 def test_resume_refuses_options_that_would_change_the_run(generator_run, class_folder):
     before = (generator_run / "state.safetensors").read_bytes()
     r = invoke("train", class_folder, "--out", generator_run, "--resume", "--lr", 1e-3, "--batch-size", 8,
-               "--image-size", 16, "--max-steps", 5)  # the image size is the run's own: no change, no complaint
-    assert r.exit_code == 2 and "--batch-size, --lr would change the run's own settings" in r.output
+               "--no-flip", "--image-size", 16, "--max-steps", 5)  # the image size is the run's own: no change
+    assert r.exit_code == 2
+    assert ("--no-flip (the run's: --flip), --batch-size (the run's: 4), --lr (the run's: 0.0002) "
+            "would change the run's own settings") in r.output
     assert f"--init-from {generator_run}" in r.output
+    r = invoke("train", class_folder, "--out", generator_run, "--resume", "--max-steps", 0)
+    assert r.exit_code == 2 and "--max-steps 0: must be at least 1" in r.output
     assert (generator_run / "state.safetensors").read_bytes() == before
 
 

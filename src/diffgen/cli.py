@@ -225,9 +225,7 @@ def train(
 
     freeze_imports()
 
-    if resume and init_from:
-        raise OptionError("--init-from and --resume: a resumed run continues from its own state; give one or the other")
-    if max_steps and epochs:
+    if max_steps is not None and epochs is not None:
         raise OptionError("--epochs and --max-steps: give one or the other")
     # Options left out take TrainConfig's defaults, or the upscaling ones for --task upscale.
     given = {"image_size": image_size, "min_snr_gamma": min_snr_gamma, "pure_noise_share": pure_noise_share,
@@ -238,7 +236,8 @@ def train(
         data_dir=data_dir, out_dir=out, task=Task(task.value), scale=scale,
         channels=channels, crop=Crop(crop.value), flip=flip, preset=preset, base_channels=base_channels,
         channel_mults=int_list("--channel-mults", channel_mults),
-        attention_levels=int_list("--attention-levels", attention_levels), max_steps=max_steps or 2000,
+        attention_levels=int_list("--attention-levels", attention_levels),
+        max_steps=2000 if max_steps is None else max_steps,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, lr_decay=lr_decay,
         grad_clip=grad_clip, ema_decay=ema_decay, schedule=ScheduleKind(schedule.value),
         label_dropout=label_dropout, seed=seed, save_every=save_every, sample_every=sample_every,
@@ -260,11 +259,13 @@ def train(
     report_done(f"model written to {result.model_path}")
 
 
-# What a resumed run takes from the command line: where its data and folder now are, how long to go on,
-# the hardware (a CPU run may move to a GPU) and how often to save and report. Every other setting is the
-# run's own; the same value may be given again (the first command with --resume added), another is refused.
-RESUME_MAY_SET = frozenset({"data_dir", "out_dir", "max_steps", "epochs", "device", "precision", "save_every",
-                            "sample_every", "log_every", "workers"})
+# What a resumed run takes from the command line: where its data and folder now are, how long to go on
+# (--max-steps or --epochs), the hardware (a CPU run may move to a GPU: --device, --precision, --workers)
+# and how often it saves and reports. Every other option is the run's own setting: the same value may be
+# given again (the first command with --resume added), another is refused.
+RESUME_MAY_SET = frozenset({"data_dir", "out_dir", "max_steps", "epochs", "device", "precision", "workers",
+                            "save_every", "sample_every", "log_every"})
+NOT_SETTINGS = frozenset({"resume"})
 
 
 def resumed_config(ctx: typer.Context, asked: TrainConfig, saved: TrainConfig) -> TrainConfig:
@@ -273,18 +274,28 @@ def resumed_config(ctx: typer.Context, asked: TrainConfig, saved: TrainConfig) -
 
     from diffgen.errors import OptionError  # noqa: PLC0415
 
-    # By name: Typer may bring its own copy of click's ParameterSource.
-    given = {("out_dir" if p.name == "out" else p.name): p.opts[0] for p in ctx.command.params
-             if getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"}
-    changed = [flag for field, flag in given.items() if field not in RESUME_MAY_SET
-               and hasattr(saved, field) and getattr(asked, field) != getattr(saved, field)]
+    # Options typed on the command line, by config field. The source is compared by name: Typer may bring
+    # its own copy of click's ParameterSource.
+    given = {("out_dir" if p.name == "out" else p.name): p for p in ctx.command.params if p.name not in NOT_SETTINGS
+             and getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"}
+    changed = [refusal(param, getattr(saved, field)) for field, param in given.items()
+               if field not in RESUME_MAY_SET and getattr(asked, field) != getattr(saved, field)]
     if changed:
         raise OptionError(f"--resume: {', '.join(changed)} would change the run's own settings; leave them out to "
-                          f"continue it, or start a new run from it with --init-from {asked.out_dir}")
+                          f"continue it, or start a new run in another --out (--init-from {asked.out_dir} starts "
+                          f"from its weights)")
     taken = {"data_dir", "out_dir"} | (given.keys() & RESUME_MAY_SET)
     if taken & {"max_steps", "epochs"}:  # a new length replaces the old, whichever way each is given
         taken |= {"max_steps", "epochs"}
     return replace(saved, **{field: getattr(asked, field) for field in taken})
+
+
+def refusal(param, saved) -> str:
+    """'--lr (the run's: 0.0002)', or for an on/off flag '--no-flip (the run's: --flip)'."""
+    if param.secondary_opts:
+        on, off = param.opts[0], param.secondary_opts[0]
+        return f"{off if saved else on} (the run's: {on if saved else off})"
+    return f"{param.opts[0]} (the run's: {'none' if saved is None else getattr(saved, 'value', saved)})"
 
 
 class TrainProgress:
