@@ -52,6 +52,8 @@ def test_a_state_split_into_parts_for_git_resumes_exactly(class_folder, tmp_path
     sizes = [p.stat().st_size for p in parts.iterdir()]
     assert len(sizes) > 2 and max(sizes) < 1.01 * 2**20  # the limit, give or take the metadata
     subprocess.run([*tool, "join", parts, tmp_path / "joined" / "state.safetensors"], check=True)
+    again = subprocess.run([*tool, "join", parts, tmp_path / "joined" / "state.safetensors"], capture_output=True, text=True)
+    assert again.returncode == 1 and "exists (perhaps a newer state)" in again.stderr  # never overwrites a state
     for run in ("run", "joined"):
         train(config(class_folder, tmp_path / run, max_steps=4), resume=True)
     a = load_file(tmp_path / "run" / "state.safetensors")

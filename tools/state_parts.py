@@ -1,4 +1,5 @@
-"""Split a training state into files small enough for git, and join them back bit for bit.
+"""Split a training state into files small enough for git, and join them back with every tensor and
+all metadata as they were.
 
 A run's `state.safetensors` holds four copies of the weights (live, EMA and AdamW's two moments): for
 the 1.8 M-parameter upscaler that is 28 MB, over this repository's 20 MiB limit for one file. Split it
@@ -48,21 +49,24 @@ def split(state: Path, out_dir: Path, max_bytes: int) -> list[Path]:
 
 
 def join(parts_dir: Path, state: Path) -> None:
-    found = {int(m[1]): (int(m[2]), p) for p in parts_dir.iterdir() if (m := PART.fullmatch(p.name))}
-    counts = {n for n, _ in found.values()}
-    if not found or len(counts) != 1 or set(found) != set(range(1, counts.pop() + 1)):
-        raise DiffgenError(f"{parts_dir}: needs state-1-of-N ... state-N-of-N.safetensors, all of one split; "
-                           f"found {sorted(p.name for _, p in found.values()) or 'none'}")
+    found = sorted((int(m[1]), int(m[2]), p) for p in parts_dir.iterdir() if (m := PART.fullmatch(p.name)))
+    count = found[-1][1] if found else 0
+    if [(k, n) for k, n, _ in found] != [(k, count) for k in range(1, count + 1)]:
+        raise DiffgenError(f"{parts_dir}: needs state-1-of-N ... state-N-of-N.safetensors, from one split; "
+                           f"found {[p.name for _, _, p in found] or 'none'}")
     tensors, meta = {}, None
-    for k in sorted(found):
-        part, part_meta = read_safetensors(found[k][1])
+    for _, _, path in found:
+        part, part_meta = read_safetensors(path)
         part_meta.pop("part", None)
         if meta is not None and part_meta != meta:
-            raise DiffgenError(f"{found[k][1]}: from another state than part 1 (another step or run); split it again")
+            raise DiffgenError(f"{path}: from another state than part 1 (another step or run); split it again")
         meta = part_meta
         tensors |= part
     state.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(state, st_save(tensors, metadata=meta))
+    try:
+        atomic_write(state, st_save(tensors, metadata=meta), overwrite=False)
+    except FileExistsError:
+        raise DiffgenError(f"{state} exists (perhaps a newer state); remove it or join elsewhere") from None
 
 
 def main() -> None:
@@ -85,6 +89,8 @@ def main() -> None:
             print(f"wrote {args.state}")
     except DiffgenError as e:
         sys.exit(f"error: {e}")
+    except OSError as e:
+        sys.exit(f"error: {e.filename}: {e.strerror}")
 
 
 if __name__ == "__main__":
