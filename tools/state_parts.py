@@ -5,9 +5,9 @@ A run's `state.safetensors` holds four copies of the weights (live, EMA and Adam
 the 1.8 M-parameter upscaler that is 28 MB, over this repository's 20 MiB limit for one file. Split it
 to commit it; join it to continue the run exactly where it stopped:
 
-    python tools/state_parts.py split runs/upscale-x4/state.safetensors checkpoints/upscale-x4
-    python tools/state_parts.py join checkpoints/upscale-x4 runs/upscale-x4/state.safetensors
-    diffgen train data/photos-ms --out runs/upscale-x4 --resume
+    python tools/state_parts.py split runs/sr/state.safetensors checkpoints/sr
+    python tools/state_parts.py join checkpoints/sr runs/sr/state.safetensors
+    diffgen train data/photos-ms --out runs/sr --resume
 
 Each part (`state-K-of-N.safetensors`) holds whole tensors and all of the state's metadata; joining
 checks that the N parts are there and come from one state.
