@@ -100,6 +100,52 @@ def test_streaming_from_disk_trains_exactly_like_memory(class_folder, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_shrunk_crops_stream_from_disk_exactly_as_from_memory(photo_folder, tmp_path):
+    kw = {"task": Task.UPSCALE, "image_size": 16, "random_shrink": 0.5}
+    train(config(photo_folder, tmp_path / "mem", **kw))
+    train(config(photo_folder, tmp_path / "disk", memory_limit=0, workers=1, **kw))
+    a = load_file(tmp_path / "mem" / "model.safetensors")
+    b = load_file(tmp_path / "disk" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_shrunk_crop_is_the_crop_of_the_shrunk_image():
+    from diffgen.data import crop_at, shrunk_crop
+
+    x = torch.randint(256, (3, 40, 50), dtype=torch.uint8)
+    assert torch.equal(shrunk_crop(x, 0.3, 0.6, 16, 1.0), crop_at(x, 0.3, 0.6, 16))
+    # A ramp rising by 2 levels a pixel rises by 4 once shrunk to half, and a flat image stays flat.
+    ramp = (torch.arange(100) * 2).expand(3, 60, 100).to(torch.uint8)
+    steps = shrunk_crop(ramp, 0.5, 0.5, 16, 0.5).float().diff(dim=-1)
+    assert torch.all((steps[:, 4:-4, 4:-4] - 4).abs() <= 1)
+    assert torch.all(shrunk_crop(torch.full((1, 30, 30), 77, dtype=torch.uint8), 0.2, 0.9, 8, 0.3) == 77)
+    # Near the image's size the crop is the whole short side, shrunk to the asked size.
+    assert shrunk_crop(x, 0.0, 0.0, 32, 0.5).shape == (3, 32, 32)
+
+
+def test_random_shrink_draws_factors_in_its_range_and_leaves_crop_positions_alone(photo_folder, tmp_path):
+    from diffgen.train import aux_batches, load_data
+
+    cfg, data = load_data(config(photo_folder, tmp_path / "r", task=Task.UPSCALE, batch_size=64), lambda event: None)
+    plain = aux_batches(data, cfg, 64).plan(3)[1]
+    shrunk = aux_batches(data, replace(cfg, random_shrink=0.6), 64).plan(3)[1]
+    assert all(f == 1 for *_, f in plain)
+    factors = torch.tensor([f for *_, f in shrunk])
+    assert factors.min() >= 0.6 and factors.max() <= 1 and factors.std() > 0.05
+    assert [p[:2] for p in plain] == [p[:2] for p in shrunk]
+
+
+@pytest.mark.parametrize("shrink, task, message", [
+    (0.0, Task.UPSCALE, r"--random-shrink 0.0: must be in \(0, 1\]"),
+    (1.5, Task.UPSCALE, r"--random-shrink 1.5: must be in \(0, 1\]"),
+    (0.7, Task.GENERATE, "--random-shrink: only for --task upscale"),
+])
+def test_a_random_shrink_outside_0_to_1_or_for_generation_is_refused(shrink, task, message, photo_folder, tmp_path):
+    with pytest.raises(OptionError, match=message):
+        train(config(photo_folder, tmp_path / "r", task=task, random_shrink=shrink))
+    assert not (tmp_path / "r").exists()
+
+
 def test_epochs_set_the_number_of_steps(class_folder, tmp_path):
     # 12 images, batches of 4: 3 steps an epoch.
     train(config(class_folder, tmp_path / "r", epochs=2, max_steps=1000))

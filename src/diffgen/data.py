@@ -6,7 +6,7 @@ noise. So resuming needs only the step, data-loader workers can run ahead safely
 distributed run draws the same global batch and takes its own slice.
 
 Small data sets are decoded once and kept in memory (`MemoryImages`); large ones are decoded on the
-fly by DataLoader workers (`FileImages`). Both go through `prepare` and `crop_at`.
+fly by DataLoader workers (`FileImages`). Both go through `prepare` and `shrunk_crop`.
 """
 
 from __future__ import annotations
@@ -116,6 +116,17 @@ def crop_at(x: Tensor, uy: float, ux: float, size: int) -> Tensor:
     return x[:, top : top + size, left : left + size]
 
 
+def shrunk_crop(x: Tensor, uy: float, ux: float, size: int, factor: float) -> Tensor:
+    """The size x size crop of uint8 (C, H, W) at (uy, ux), as it would be in the image shrunk by `factor`
+    (at most 1): a larger crop, shrunk with antialiased bicubic resampling and rounded back to 8 bits."""
+    side = min(round(size / factor), *x.shape[-2:])
+    crop = crop_at(x, uy, ux, side)
+    if side == size:
+        return crop
+    small = F.interpolate(crop[None].float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    return small[0].round().clamp(0, 255).to(torch.uint8)
+
+
 @dataclass(frozen=True)
 class Dataset:
     files: list[Path]
@@ -210,7 +221,7 @@ class DataOrder:
 
 
 class FileImages(torch.utils.data.Dataset):
-    """Decode-on-demand images for DataLoader workers; an item is (index, uy, ux) -> uint8 crop."""
+    """Decode-on-demand images for DataLoader workers; an item is (index, uy, ux, shrink factor) -> uint8 crop."""
 
     def __init__(self, data: Dataset):
         self.data = data
@@ -218,12 +229,12 @@ class FileImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, item: tuple[int, float, float]) -> Tensor:
-        i, uy, ux = item
+    def __getitem__(self, item: tuple[int, float, float, float]) -> Tensor:
+        i, uy, ux, factor = item
         for attempt in range(len(self.data)):
             path = self.data.files[(i + attempt) % len(self.data)]
             try:
-                return crop_at(prepare(path, self.data.prep), uy, ux, self.data.prep.size)
+                return shrunk_crop(prepare(path, self.data.prep), uy, ux, self.data.prep.size, factor)
             except ImageError as e:
                 # Headers were checked up front; a file that fails to decode now is replaced by the next.
                 warnings.warn(f"skipping {e}", stacklevel=1)

@@ -26,8 +26,8 @@ from torch import Tensor
 
 from diffgen.checkpoint import LoadedModel, ModelSpec, Task, load_model, save_model
 from diffgen.data import (
-    Crop, Dataset, DataOrder, FileImages, batch_generator, crop_at, downsample, open_dataset, quantize, random_dihedral,
-    random_flip, upsample,
+    Crop, Dataset, DataOrder, FileImages, batch_generator, downsample, open_dataset, quantize, random_dihedral,
+    random_flip, shrunk_crop, upsample,
 )
 from diffgen.errors import DataError, DiffgenError, OptionError, TrainingInterrupted
 from diffgen.files import atomic_write
@@ -69,6 +69,7 @@ class TrainConfig:
     num_timesteps: int = 1000  # T
     min_snr_gamma: float = 5.0  # Min-SNR-γ loss weighting; 0 turns it off
     pure_noise_share: float = 0.0  # share of each batch trained at t = T-1, where sampling starts
+    random_shrink: float = 1.0  # upscaling: each HR crop as if its photo were shrunk by a random factor in [this, 1]
     label_dropout: float = 0.1  # share of labels replaced by "no label" (classifier-free guidance)
     seed: int = 0  # seeds weights, data order and noise
     save_every: int = 500  # checkpoint period in steps
@@ -170,6 +171,10 @@ def check_config(cfg: TrainConfig, ranks: Ranks) -> None:
         raise OptionError(f"--label-dropout {cfg.label_dropout}: must be in [0, 1)")
     if not 0 <= cfg.pure_noise_share <= 1:
         raise OptionError(f"--pure-noise-share {cfg.pure_noise_share}: must be in [0, 1]")
+    if not 0 < cfg.random_shrink <= 1:
+        raise OptionError(f"--random-shrink {cfg.random_shrink}: must be in (0, 1]; 1 turns it off")
+    if cfg.random_shrink < 1 and cfg.task is not Task.UPSCALE:
+        raise OptionError("--random-shrink: only for --task upscale (generation resizes every image to one size)")
     if cfg.precision not in ("auto", "fp32", "bf16"):
         raise OptionError(f"--precision {cfg.precision}: choose auto, fp32 or bf16")
 
@@ -257,28 +262,33 @@ class Batches:
         per_rank = self.micro // self.ranks.world
         return slice(self.ranks.rank * per_rank, (self.ranks.rank + 1) * per_rank)
 
-    def plan(self, k: int) -> tuple[list[int], list[tuple[float, float]], torch.Generator]:
-        """This rank's image indices and crop positions in micro-batch k, and the batch's generator."""
+    def plan(self, k: int) -> tuple[list[int], list[tuple[float, float, float]], torch.Generator]:
+        """This rank's image indices and crops (position, shrink factor) in micro-batch k, and the batch's
+        generator."""
         g = batch_generator(self.cfg.seed, k)
         idx, u = self.order.indices(k), torch.rand(self.micro, 2, generator=g)  # crop positions: the first draw
+        factor = torch.ones(self.micro, 1)
+        if self.cfg.random_shrink < 1:  # log-uniform in [random_shrink, 1]; drawn only then, so runs without it
+            factor = self.cfg.random_shrink ** torch.rand(self.micro, 1, generator=g)  # keep their stream
         s = self.my_slice()
-        return idx[s].tolist(), [tuple(p) for p in u[s].tolist()], g
+        return idx[s].tolist(), [tuple(p) for p in torch.cat([u, factor], 1)[s].tolist()], g
 
-    def crop_requests(self, k: int) -> Iterator[list[tuple[int, float, float]]]:
+    def crop_requests(self, k: int) -> Iterator[list[tuple[int, float, float, float]]]:
         """What the DataLoader workers should decode for micro-batches k, k+1, ... (this rank only)."""
         while True:
-            idx, pos, _ = self.plan(k)
-            yield [(i, uy, ux) for i, (uy, ux) in zip(idx, pos)]
+            idx, crops, _ = self.plan(k)
+            yield [(i, *crop) for i, crop in zip(idx, crops)]
             k += 1
 
     def get(self, k: int) -> tuple[Tensor, Tensor, torch.Generator]:
         """(uint8 crops, labels) of this rank's share of micro-batch k, and the generator to continue with."""
-        idx, pos, g = self.plan(k)
+        idx, crops, g = self.plan(k)
         if self.loader is not None:
-            crops = next(self.loader)
+            images = next(self.loader)
         else:
-            crops = torch.stack([crop_at(self.data.images[i], uy, ux, self.cfg.image_size) for i, (uy, ux) in zip(idx, pos)])
-        return crops, self.data.labels[idx], g
+            images = torch.stack([shrunk_crop(self.data.images[i], *crop[:2], self.cfg.image_size, crop[2])
+                                  for i, crop in zip(idx, crops)])
+        return images, self.data.labels[idx], g
 
 
 def aux_batches(data: Dataset, cfg: TrainConfig, batch_size: int) -> Batches:
