@@ -241,8 +241,8 @@ def train(
         max_steps=2000 if max_steps is None else max_steps,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, lr_decay=lr_decay,
         grad_clip=grad_clip, ema_decay=ema_decay, schedule=ScheduleKind(schedule.value),
-        random_shrink=random_shrink, label_dropout=label_dropout, seed=seed, save_every=save_every, sample_every=sample_every,
-        log_every=log_every, workers=workers, device=device or "auto",
+        random_shrink=random_shrink, label_dropout=label_dropout, seed=seed, save_every=save_every,
+        sample_every=sample_every, log_every=log_every, workers=workers, device=device or "auto",
         precision=precision.value if precision else "auto", epochs=epochs,
         init_from=init_from,
     )

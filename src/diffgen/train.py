@@ -286,8 +286,8 @@ class Batches:
         if self.loader is not None:
             images = next(self.loader)
         else:
-            images = torch.stack([shrunk_crop(self.data.images[i], *crop[:2], self.cfg.image_size, crop[2])
-                                  for i, crop in zip(idx, crops)])
+            images = torch.stack([shrunk_crop(self.data.images[i], uy, ux, self.cfg.image_size, factor)
+                                  for i, (uy, ux, factor) in zip(idx, crops)])
         return images, self.data.labels[idx], g
 
 
