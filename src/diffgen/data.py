@@ -5,7 +5,7 @@ batch (a fresh permutation per epoch) and `batch_generator` the randomness of it
 noise. So resuming needs only the step, data-loader workers can run ahead safely, and every rank of a
 distributed run draws the same global batch and takes its own slice.
 
-Small data sets are decoded once and kept in memory (`MemoryImages`); large ones are decoded on the
+Small data sets are decoded once and kept in memory (`Dataset.images`); large ones are decoded on the
 fly by DataLoader workers (`FileImages`). Both go through `prepare` and `shrunk_crop`.
 """
 
