@@ -12,6 +12,7 @@ from diffgen.unet import UNet, preset
         ({"cond_channels": 3}, (3, 32, 48)),
         ({"num_classes": 3, "cond_channels": 1}, (1, 32, 48)),
         ({"cond_channels": 3, "pixel_shuffle": 4}, (3, 8, 12)),
+        ({"channel_mults": (2, 2, 2)}, None),  # the first level wider than the input convolution
     ],
 )
 def test_output_shape_matches_input_for_every_conditioning(overrides, cond_shape):

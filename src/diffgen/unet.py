@@ -168,8 +168,8 @@ class UNet(nn.Module):
             self.up.append(Level(in_chs, w, emb_dim, i in cfg.attention_levels, cfg))
             self.upsample.append(nn.Conv2d(w, w, 3, padding=1) if i > 0 else nn.Identity())
 
-        self.norm_out = nn.GroupNorm(cfg.norm_groups, ch)
-        self.conv_out = nn.Conv2d(ch, folded, 3, padding=1)
+        self.norm_out = nn.GroupNorm(cfg.norm_groups, widths[0])
+        self.conv_out = nn.Conv2d(widths[0], folded, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
