@@ -107,6 +107,17 @@ def test_averaging_all_eight_views_makes_even_a_lopsided_model_equivariant(model
         assert torch.allclose(up(turn(lr), 8), turn(up(lr, 8)), atol=1e-5)
 
 
+def test_a_grey_result_is_the_luma_of_the_colour_planes_at_8_and_16_bits():
+    from diffgen.images import Planes, merge_planes
+
+    pixels = np.array([[[200, 100, 50], [0, 255, 0], [30, 30, 30]]], dtype=np.uint8)  # channels disagree
+    luma = pixels @ np.array([0.299, 0.587, 0.114])
+    grey8 = np.asarray(merge_planes(pixels, Planes(None, None, True, 8, None)), dtype=float)
+    grey16 = np.asarray(merge_planes(pixels.astype(np.uint16) * 257, Planes(None, None, True, 16, None)), dtype=float)
+    assert np.abs(grey8 - luma).max() <= 0.5 + 1e-9
+    assert np.abs(grey16 / 257 - luma).max() <= 0.5 / 257 + 1e-9
+
+
 def test_upscale_keeps_each_kind_of_image(model_file, tmp_path):
     rgb = smooth_image(12, 8)
     rgba = rgb.convert("RGBA")

@@ -196,7 +196,8 @@ def split_planes(img: Image.Image) -> Planes:
 def merge_planes(pixels: np.ndarray, planes: Planes) -> Image.Image:
     """The upscaled (H, W, 3) uint8/uint16 array back as the source's kind of image."""
     if planes.bits == 16:
-        return Image.fromarray(np.round(pixels.mean(axis=2)).astype(np.uint16))  # mode I;16
+        # Y of BT.601, as Pillow's convert("L") takes it for 8-bit grey below
+        return Image.fromarray(np.round(pixels @ [0.299, 0.587, 0.114]).clip(0, 65535).astype(np.uint16))  # mode I;16
     img = Image.fromarray(pixels, "RGB")
     if planes.grey:
         img = img.convert("L")
