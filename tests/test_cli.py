@@ -208,8 +208,9 @@ def test_train_takes_an_explicit_unet_shape(class_folder, tmp_path):
     assert r.exit_code == 2 and "--channel-mults 1,x" in r.output
     r = invoke("train", class_folder, "--out", tmp_path / "bad", "--image-size", 16, "--batch-size", 4, "--attention-levels", "5")
     assert r.exit_code == 2 and "--attention-levels" in r.output
-    r = invoke("train", class_folder, "--out", tmp_path / "bad", "--image-size", 16, "--batch-size", 4, "--base-channels", 12)
-    assert r.exit_code == 2 and "multiple of 8" in r.output
+    for shape in (["--base-channels", 12], ["--base-channels", 12, "--channel-mults", "2,4"]):  # 12 itself is a width
+        r = invoke("train", class_folder, "--out", tmp_path / "bad", "--image-size", 16, "--batch-size", 4, *shape)
+        assert r.exit_code == 2 and "multiple of 8" in r.output, shape
 
 
 def test_a_short_run_is_a_prefix_of_a_longer_one(generator_run, tmp_path):

@@ -13,6 +13,7 @@ from diffgen.unet import UNet, preset
         ({"num_classes": 3, "cond_channels": 1}, (1, 32, 48)),
         ({"cond_channels": 3, "pixel_shuffle": 4}, (3, 8, 12)),
         ({"channel_mults": (2, 2, 2)}, None),  # the first level wider than the input convolution
+        ({"base_channels": 104, "channel_mults": (1, 1, 1)}, None),  # 104 channels in 3 heads of 32 would not divide
     ],
 )
 def test_output_shape_matches_input_for_every_conditioning(overrides, cond_shape):

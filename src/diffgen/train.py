@@ -231,7 +231,7 @@ def fine_tuned(cfg: TrainConfig, spec: ModelSpec, notify: Callable[[Event], None
 
 def check_unet(unet: UNetConfig) -> None:
     """Refuse U-Net shapes that cannot be built, naming the option to change."""
-    widths = [unet.base_channels * m for m in unet.channel_mults]
+    widths = [unet.base_channels] + [unet.base_channels * m for m in unet.channel_mults]  # the input conv's too
     if min(widths) < 1 or any(w % unet.norm_groups for w in widths):
         raise OptionError(f"--base-channels / --channel-mults: every width must be a positive multiple of {unet.norm_groups}")
     if unet.num_res_blocks < 1:

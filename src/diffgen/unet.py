@@ -101,6 +101,8 @@ class Attention(nn.Module):
     def __init__(self, ch: int, head_channels: int, groups: int):
         super().__init__()
         self.heads = max(1, ch // head_channels)
+        while ch % self.heads:  # widths that are no multiple of head_channels: fewer, wider heads
+            self.heads -= 1
         self.norm = nn.GroupNorm(groups, ch)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.out = nn.Conv2d(ch, ch, 1)
