@@ -1,7 +1,7 @@
 """Every benchmark in one command: each prints its table beside its goal; all results go to one JSON file.
 
     pip install -e ".[bench]"
-    python benchmarks/run_all.py --json benchmarks.json        # about 35 minutes on 2 cores
+    python benchmarks/run_all.py --json benchmarks.json        # about 40 minutes on 2 cores
 
 Each script also runs alone; see its docstring. Ratios compare runs made in the same process.
 """
@@ -24,6 +24,7 @@ JOBS = {
     "digits_fast": ["digits_quality.py", "--n", "2000", "--sampler", "unipc", "--steps", "5", "10", "15", "20"],
     "digits_2m": ["digits_quality.py", "--n", "2000", "--sampler", "dpm++2m", "--steps", "5", "10", "15", "20"],
     "upscale": ["upscale_speed.py", "--steps", "1", "2", "4"],
+    "upscale_memory": ["upscale_memory.py"],
     "startup": ["startup.py"],
 }
 
