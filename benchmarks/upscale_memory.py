@@ -5,7 +5,7 @@ its peak resident memory is read from the kernel's accounting of finished childr
 size of the output's 8-bit canvas, the floor any upscaler that holds its result in memory pays. Goal:
 under 3 GB.
 
-    python benchmarks/upscale_memory.py                       # about 5 minutes on 2 cores
+    python benchmarks/upscale_memory.py                       # about 3 minutes on 2 cores
     python benchmarks/upscale_memory.py --size 2000 1500 --json memory.json
 """
 
