@@ -26,7 +26,7 @@ app = typer.Typer(
     help="Train diffusion models on folders of images, generate new images, and upscale photos.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 # markup=False: file names, messages and table cells are printed as they are; "photo[draft].png" is not a
 # markup tag. Colour comes only from `labelled` (or a style= argument).
@@ -140,9 +140,19 @@ def run_command(fn):
     return wrapper
 
 
+def print_version(asked: bool) -> None:
+    if asked:
+        from diffgen import __version__  # noqa: PLC0415
+
+        console.print(f"diffgen {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Show diffgen's version and exit.", callback=print_version,
+                                          is_eager=True)] = False,
 ) -> None:
     DEBUG["on"] = debug
 
