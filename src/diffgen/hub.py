@@ -25,13 +25,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from diffgen import models
-from diffgen.checkpoint import (
-    LoadedModel,
-    ModelSpec,
-    Task,
-    read_safetensors,
-    spec_from_metadata,
-)
+from diffgen.checkpoint import LoadedModel, ModelSpec, Task, read_header
 from diffgen.errors import CheckpointError, DiffgenError, OptionError
 
 MODEL_FILE = "model.safetensors"
@@ -171,9 +165,8 @@ def model_file(run_or_model: Path) -> Path:
 
 
 def read_model_file(path: Path) -> tuple[ModelSpec, dict[str, str], int]:
-    """A model file's spec, metadata and parameter count, without building the network."""
-    tensors, metadata = read_safetensors(path)
-    return spec_from_metadata(path, metadata), metadata, sum(t.numel() for t in tensors.values())
+    """A model file's spec, metadata and parameter count, checked, without reading the weights."""
+    return read_header(path)
 
 
 def newest_sample(run_or_model: Path) -> Path | None:
