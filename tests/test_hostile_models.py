@@ -210,3 +210,34 @@ def test_any_value_in_any_field_loads_or_is_a_damaged_model(tmp_path_factory, ke
         load_model(bad)
     except CheckpointError as e:
         assert DAMAGED in str(e) or "do not match" in str(e)
+
+
+# Printing what a model says.
+
+ESCAPES = "\x1b[2J\x1b]8;;https://evil.example\x07click\x1b]8;;\x07"
+
+
+def test_printable_escapes_control_characters():
+    from diffgen.cli import printable
+
+    assert printable("a\x1b[2Jb\nc\r\td\x7fe\x9bf\x00") == "a\\x1b[2Jb\\nc\\r\\td\\x7fe\\x9bf\\x00"
+    assert printable("plain ünïcode ×, \\ and 'quotes'") == "plain ünïcode ×, \\ and 'quotes'"
+    assert printable("right\u202eto left") == "right\\u202eto left"
+
+
+def test_info_escapes_a_hostile_models_text(tmp_path):
+    path = tiny_file(tmp_path, classes=(ESCAPES, "blue"), extra={"command": "diffgen train x\x1b[2J", "data": "d\x9b"})
+    for args in ((), ("--json",)):
+        r = invoke("info", path, *args)
+        assert r.exit_code == 0, r.output
+        assert not any(c in r.output for c in "\x1b\x07\x9b"), repr(r.output)
+    assert "\\x1b[2J" in invoke("info", path).output
+
+
+def test_error_messages_escape_file_names(tmp_path):
+    evil = tmp_path / "evil\x1b[2J\nname.safetensors"
+    evil.write_bytes(b"junk")
+    r = invoke("info", evil)
+    assert r.exit_code == 1 and "not a valid safetensors" in r.output
+    assert "\x1b" not in r.output and len(r.output.strip().splitlines()) == 1
+    assert "evil\\x1b[2J\\nname.safetensors" in r.output

@@ -258,3 +258,33 @@ def test_bundled_models_are_named(tmp_path, monkeypatch):
     info = hub.describe(path)
     assert (info["source"], info["model"]) == ("bundled", "digits")
     assert info["usage"].startswith("diffgen generate --model digits ")
+
+
+def test_info_summarises_a_model_for_people_and_prints_the_record_for_tools(tmp_path, offline_hub):
+    from typer.testing import CliRunner
+
+    from diffgen.cli import app
+
+    run = tiny_run(tmp_path)
+    r = CliRunner().invoke(app, ["info", str(run)])
+    assert r.exit_code == 0, r.output
+    for needle in ("generates 16×16 RGB images of 2 classes", "red, blue", "100 steps on data/blobs (12 images)",
+                   "command", EXTRA["command"], "loss 0.031", "diffgen generate --model", "--json"):
+        assert needle in r.output
+    assert "train_steps" not in r.output and "{" not in r.output  # words, not the raw record
+    r = CliRunner().invoke(app, ["info", str(run), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == json.loads(json.dumps(hub.describe(run)))
+
+
+def test_models_lists_what_images_each_model_makes(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from diffgen.cli import app
+
+    tiny_model(tmp_path, "digits.safetensors")
+    tiny_model(tmp_path, "upscale-x4.safetensors", task=Task.UPSCALE)
+    monkeypatch.setattr(models, "weights_dir", lambda: tmp_path)
+    r = CliRunner().invoke(app, ["models"])
+    assert r.exit_code == 0, r.output
+    assert "16×16 RGB" in r.output and "any size, RGB" in r.output and "px" not in r.output

@@ -33,6 +33,7 @@ MODEL_FILE = "model.safetensors"
 # a letter, digit or `_`, with no `--` or `..` (the cache uses `--` to join user and name).
 NAME = re.compile(r"(?!.*(--|\.\.))[A-Za-z0-9_]([A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
 COLOURS = {1: "greyscale", 3: "RGB", 4: "RGBA"}
+SHORT_COLOURS = {1: "grey", 3: "RGB", 4: "RGBA"}
 
 
 def is_repo_id(text: str) -> bool:
@@ -258,6 +259,12 @@ def summary(spec: ModelSpec) -> str:
     return f"A diffgen diffusion model that generates {spec.image_size}×{spec.image_size} {colour} images{of}."
 
 
+def image_kind(spec: ModelSpec) -> str:
+    """What images a model makes, in a few words: "28×28 grey"; an upscaler takes any size."""
+    colour = SHORT_COLOURS.get(spec.channels, f"{spec.channels}-channel")
+    return f"any size, {colour}" if spec.task is Task.UPSCALE else f"{spec.image_size}×{spec.image_size} {colour}"
+
+
 def facts(spec: ModelSpec, params: int) -> dict[str, str]:
     """The card's table: what a user needs to know to pick the model."""
     task = f"upscale x{spec.scale}" if spec.task is Task.UPSCALE else "generate"
@@ -384,5 +391,58 @@ def describe(path_or_loaded: Path | LoadedModel) -> dict:
         "metrics": spec.extra.get("metrics"), "diffgen_version": metadata.get("diffgen_version"),
         "config": {"schedule": spec.schedule.value, "num_timesteps": spec.num_timesteps,
                    "prediction": spec.prediction.value, "unet": spec.unet.to_dict()},
-        "usage": usage(spec, model_arg(source)),
+        "usage": usage(spec, model_arg(source)), "summary": summary(spec),
     }
+
+
+def overview(info: dict) -> list[tuple[str, str]]:
+    """`diffgen info`'s summary of `describe`'s record: what the model does, how to use it, where it came
+    from and how it was trained."""
+    config = info["config"]
+    rows = [("what it does", info["summary"])]
+    if info["classes"]:
+        rows.append(("classes", ", ".join(info["classes"])))
+    rows += [
+        ("use it", info["usage"]),
+        ("source", source_text(info)),
+        ("file", f"{info['path']} ({info['size_bytes'] / 1e6:.1f} MB, sha256 {info['sha256'][:12]})"),
+        ("network", f"{info['parameters'] / 1e6:.2f} M parameters; {config['schedule']} schedule of "
+                    f"{config['num_timesteps']} steps, predicts {config['prediction']}"),
+        ("training", training_text(info)),
+    ]
+    provenance = dict(info["provenance"] or {})
+    provenance.pop("images", None)  # shown in the training row
+    if info["train_command"]:
+        command = info["train_command"]
+        rows.append(("command", shlex.join(map(str, command)) if isinstance(command, list) else str(command)))
+    if "init_from" in provenance:
+        steps = provenance.pop("init_steps", None)
+        rows.append(("fine-tuned from", str(provenance.pop("init_from")) + (f" ({number(steps)} steps)" if steps else "")))
+    rows += [(str(key), value if isinstance(value, str) else json.dumps(value)) for key, value in provenance.items()]
+    if info["metrics"]:
+        metrics = info["metrics"]
+        text = ", ".join(f"{k} {v}" for k, v in metrics.items()) if isinstance(metrics, dict) else json.dumps(metrics)
+        rows.append(("metrics", text))
+    rows.append(("made with", f"diffgen {info['diffgen_version'] or '(version unknown)'}"))
+    return rows
+
+
+def source_text(info: dict) -> str:
+    if info["source"] == "bundled":
+        return f"bundled with diffgen, as {info['model']}"
+    if info["source"] == "hub":
+        return f"Hugging Face Hub: {info['model']}, revision {info['revision']}, commit {info['commit'][:12]}"
+    return "a local file"
+
+
+def training_text(info: dict) -> str:
+    """'7,783 steps on data/digits (5,000 images)'."""
+    text = f"{number(info['train_steps'])} steps"
+    if info["data"]:
+        text += f" on {info['data']}"
+    images = (info["provenance"] or {}).get("images")
+    return text + (f" ({number(images)} images)" if images is not None else "")
+
+
+def number(value) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
