@@ -288,3 +288,23 @@ def test_models_lists_what_images_each_model_makes(tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["models"])
     assert r.exit_code == 0, r.output
     assert "16×16 RGB" in r.output and "any size, RGB" in r.output and "px" not in r.output
+
+
+def test_a_model_for_the_other_task_is_named_as_the_user_named_it(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from diffgen.cli import app
+
+    tiny_model(tmp_path, "digits.safetensors")
+    tiny_model(tmp_path, "upscale-x4.safetensors", task=Task.UPSCALE)
+    monkeypatch.setattr(models, "weights_dir", lambda: tmp_path)
+    r = CliRunner().invoke(app, ["generate", "--model", "upscale-x4", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 1 and str(tmp_path) not in r.output
+    assert r.output.startswith("error: upscale-x4: this is an upscale model (x4)")
+    assert "use it with `diffgen upscale IMAGE --model upscale-x4`" in r.output
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    r = CliRunner().invoke(app, ["upscale", str(tmp_path / "x.png"), "--model", "digits"])
+    assert r.exit_code == 1 and str(tmp_path / "digits") not in r.output
+    assert "digits: this is a generate model" in r.output and "`diffgen generate --model digits`" in r.output
+    with pytest.raises(CheckpointError, match=r"^user/x@v1: this is a generate model"):
+        load_model(tmp_path / "digits.safetensors", task=Task.UPSCALE, name="user/x@v1")
