@@ -308,3 +308,72 @@ def test_a_model_for_the_other_task_is_named_as_the_user_named_it(tmp_path, monk
     assert "digits: this is a generate model" in r.output and "`diffgen generate --model digits`" in r.output
     with pytest.raises(CheckpointError, match=r"^user/x@v1: this is a generate model"):
         load_model(tmp_path / "digits.safetensors", task=Task.UPSCALE, name="user/x@v1")
+
+
+def test_an_export_that_fails_leaves_nothing_and_a_rerun_works(tmp_path, monkeypatch):
+    import errno
+
+    model = tiny_model(tmp_path, "m.safetensors")
+    real = hub.model_card
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(hub, "model_card", disk_full)
+    with pytest.raises(DiffgenError, match=r"out: cannot write the export \(No space left on device\)"):
+        hub.export_run(model, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # no out, no temporary folder
+    monkeypatch.setattr(hub, "model_card", real)
+    out = hub.export_run(model, tmp_path / "out")
+    assert (out / "model.safetensors").read_bytes() == model.read_bytes() and (out / "README.md").is_file()
+    assert out.stat().st_mode & 0o777 == 0o777 & ~diffgen_umask()
+
+
+def diffgen_umask() -> int:
+    from diffgen.files import umask
+
+    return umask()
+
+
+def test_a_rerun_replaces_what_a_killed_export_left(tmp_path):
+    model = tiny_model(tmp_path, "m.safetensors")
+    old = tmp_path / "old"  # an older diffgen wrote in place: a kill left a truncated model and no card
+    old.mkdir()
+    (old / "model.safetensors").write_bytes(model.read_bytes()[:100])
+    (old / "config.json").write_text("{")
+    left = tmp_path / ".new.x1y2z3.diffgen-export"  # this one builds in a hidden sibling folder
+    left.mkdir()
+    (left / "model.safetensors").write_bytes(b"half")
+    for out in (old, tmp_path / "new"):
+        hub.export_run(model, out)
+        assert (out / "model.safetensors").read_bytes() == model.read_bytes() and (out / "README.md").is_file()
+    assert not left.exists()
+    with pytest.raises(OptionError, match="new: not an empty folder"):  # a finished export may hold the user's edits
+        hub.export_run(model, tmp_path / "new")
+
+
+def test_printed_commands_are_shell_quoted(tmp_path, offline_hub):
+    from typer.testing import CliRunner
+
+    from diffgen.cli import app
+
+    with pytest.raises(CheckpointError, match=r"`hf download user/name model.safetensors --revision 'v1;rm -rf x'`"):
+        open_model("user/name@v1;rm -rf x", Task.GENERATE)
+    model = tiny_model(tmp_path, "m.safetensors")
+    r = CliRunner().invoke(app, ["export", str(model), str(tmp_path / "my export"), "--repo-id", "me/x"])
+    assert r.exit_code == 0, r.output
+    assert f"hf upload me/x '{tmp_path / 'my export'}'" in r.output
+
+
+@pytest.mark.parametrize("ref", [b"\xff\xfe\x00garbage", b""])
+def test_a_corrupt_ref_in_the_hub_cache_is_a_clear_error_or_ignored(tmp_path, offline_hub, ref):
+    out = hub.export_run(tiny_model(tmp_path, "m.safetensors"), tmp_path / "export")
+    put_in_cache(offline_hub, "user/name", out, COMMIT_A, refs=("main", "v1"))
+    refs = offline_hub / "hub" / "models--user--name" / "refs"
+    (refs / "v1").write_bytes(ref)  # another ref, damaged: harmless to the commit main names
+    assert hub.describe(open_model("user/name", Task.GENERATE))["revision"] == "main"
+    (refs / "main").write_bytes(ref)
+    with pytest.raises(CheckpointError, match="user/name: "):
+        open_model("user/name", Task.GENERATE)
+    info = hub.describe(open_model(f"user/name@{COMMIT_A}", Task.GENERATE))
+    assert info["revision"] == COMMIT_A

@@ -674,10 +674,13 @@ def export(
     Examples:
       diffgen export runs/digits hub/digits --repo-id me/diffgen-digits
     """
+    import shlex  # noqa: PLC0415
+
     from diffgen.hub import export_run  # noqa: PLC0415
 
     folder = export_run(run, out_dir, repo_id=repo_id, license=license)
-    report_done(f"exported to {folder}; upload with: hf upload {repo_id or 'USER/NAME'} {folder}")
+    upload = shlex.join(["hf", "upload", repo_id or "USER/NAME", str(folder)])
+    report_done(f"exported to {folder}; upload with: {upload}")
 
 
 @app.command()
