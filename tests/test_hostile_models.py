@@ -241,3 +241,13 @@ def test_error_messages_escape_file_names(tmp_path):
     assert r.exit_code == 1 and "not a valid safetensors" in r.output
     assert "\x1b" not in r.output and len(r.output.strip().splitlines()) == 1
     assert "evil\\x1b[2J\\nname.safetensors" in r.output
+
+
+def test_a_network_too_big_for_its_image_size_is_refused_from_the_spec_alone(tmp_path):
+    """Each value within its range, together 16 GB for one 2048×2048 image."""
+    path = tiny_file(tmp_path)
+    spec = json.loads(_spec(path))
+    spec["image_size"], spec["unet"]["base_channels"] = 2048, 256
+    bad = with_spec_text(path, json.dumps(spec), tmp_path / "bad.safetensors")
+    with pytest.raises(CheckpointError, match=f"{DAMAGED} \\(image_size 2048 with this U-Net: .* values held for one image"):
+        load_model(bad)

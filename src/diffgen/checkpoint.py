@@ -51,7 +51,7 @@ LIMITS = {  # field: (lowest, highest), inclusive
 }
 MAX_LEVELS = 8  # entries of channel_mults
 MAX_WIDTH = 4096  # channels of the widest level
-MAX_ACTIVATION = 2**28  # base_channels x pixels of one image at full resolution: 1 GiB of float32 per tensor
+MAX_IMAGE_VALUES = 2**30  # what the U-Net's skip tensors hold for one image_size image: 4 GiB of float32
 MAX_NAME = 255  # characters of a class name
 MAX_SPEC_CHARS = 1_000_000  # the spec's JSON text
 MAX_EXTRA_DEPTH = 32  # nesting of `extra`
@@ -146,9 +146,9 @@ def check_spec(spec: ModelSpec) -> None:
         raise ValueError(f"channels {shown(spec.channels)} with unet.in_channels {u.in_channels}: need 1, 3 or 4, both the same")
     if spec.image_size % u.size_multiple:
         raise ValueError(f"image_size {spec.image_size}: not a multiple of {u.size_multiple}, which the U-Net needs")
-    if u.base_channels * (spec.image_size // u.pixel_shuffle) ** 2 > MAX_ACTIVATION:
-        raise ValueError(f"image_size {spec.image_size} with unet.base_channels {u.base_channels}: over "
-                         f"{MAX_ACTIVATION:,} values a full-resolution activation")
+    if (values := skip_values(u, spec.image_size)) > MAX_IMAGE_VALUES:
+        raise ValueError(f"image_size {spec.image_size} with this U-Net: {values:,} values held for one image, "
+                         f"over the limit of {MAX_IMAGE_VALUES:,}")
     check_names(spec.class_names, u.num_classes)
     check_real("residual_scale", spec.residual_scale, lambda x: 0 < x <= MAX_RESIDUAL_SCALE, f"in (0, {MAX_RESIDUAL_SCALE:g}]")
     check_real("unet.dropout", u.dropout, lambda x: 0 <= x < 1, "in [0, 1)")
@@ -172,6 +172,14 @@ def check_unet_shape(u: UNetConfig) -> None:
                          f"{widths}, not all multiples of unet.norm_groups {u.norm_groups}")
     for level in u.attention_levels:
         check_int("unet.attention_levels", level, 0, len(u.channel_mults) - 1)
+
+
+def skip_values(u: UNetConfig, size: int) -> int:
+    """About how many values a forward pass keeps for one size×size image: the input convolution's output
+    and each level's skip tensors (its blocks' and its downsampling's), at the level's width and resolution."""
+    side = size // u.pixel_shuffle
+    widths = [u.base_channels * m for m in u.channel_mults]
+    return u.base_channels * side**2 + sum((u.num_res_blocks + 1) * w * (side >> i) ** 2 for i, w in enumerate(widths))
 
 
 def check_task(spec: ModelSpec) -> None:
