@@ -116,7 +116,8 @@ def _spec(path: Path) -> str:
         return f.metadata()["spec"]
 
 
-@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "{}", "[]", "null", "not json", "{" + " " * 2_000_000 + "}"])
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "{}", "[]", "null", "not json", "{" + " " * 2_000_000 + "}"],
+                         ids=["nested", "empty", "list", "null", "not-json", "2-MB"])
 def test_unreadable_specs_are_a_damaged_model(tmp_path, text):
     bad = with_spec_text(tiny_file(tmp_path), text, tmp_path / "bad.safetensors")
     with pytest.raises(CheckpointError, match=DAMAGED):
