@@ -377,3 +377,11 @@ def test_a_corrupt_ref_in_the_hub_cache_is_a_clear_error_or_ignored(tmp_path, of
         open_model("user/name", Task.GENERATE)
     info = hub.describe(open_model(f"user/name@{COMMIT_A}", Task.GENERATE))
     assert info["revision"] == COMMIT_A
+
+
+def test_info_shows_a_recorded_command_as_one_shell_line(tmp_path):
+    record = hub.describe(tiny_model(tmp_path, "m.safetensors"))
+    for command in (["diffgen", "train", "my data", "--out", "runs/x"], "diffgen train 'my data' --out runs/x"):
+        rows = dict(hub.overview(record | {"train_command": command}))
+        assert rows["command"] == "diffgen train 'my data' --out runs/x"
+    assert "command" not in dict(hub.overview(record | {"train_command": None}))
