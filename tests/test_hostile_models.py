@@ -213,6 +213,20 @@ def test_any_value_in_any_field_loads_or_is_a_damaged_model(tmp_path_factory, ke
         assert DAMAGED in str(e) or "do not match" in str(e)
 
 
+EXTRA_KEYS = st.sampled_from(["data", "images", "command", "metrics", "init_from", "init_steps"]) | st.text(max_size=3)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(extra=st.dictionaries(EXTRA_KEYS, JSON_VALUES, max_size=4))
+def test_any_provenance_can_be_described_and_exported(tmp_path_factory, extra):
+    from diffgen import hub
+
+    folder = tmp_path_factory.mktemp("extra")
+    path = with_field(tiny_file(folder), "extra", extra, folder / "odd.safetensors")
+    assert hub.overview(hub.describe(path))
+    assert (hub.export_run(path, folder / "export") / "README.md").is_file()
+
+
 # Printing what a model says.
 
 ESCAPES = "\x1b[2J\x1b]8;;https://evil.example\x07click\x1b]8;;\x07"
