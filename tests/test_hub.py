@@ -385,3 +385,11 @@ def test_info_shows_a_recorded_command_as_one_shell_line(tmp_path):
         rows = dict(hub.overview(record | {"train_command": command}))
         assert rows["command"] == "diffgen train 'my data' --out runs/x"
     assert "command" not in dict(hub.overview(record | {"train_command": None}))
+
+
+def test_export_into_the_current_empty_folder(tmp_path, monkeypatch):
+    model = tiny_model(tmp_path, "m.safetensors")
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    hub.export_run(model, Path("."))
+    assert (tmp_path / "here" / "model.safetensors").read_bytes() == model.read_bytes()

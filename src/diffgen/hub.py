@@ -202,18 +202,19 @@ def export_run(run_or_model: Path, out_dir: Path, *, repo_id: str | None = None,
     source, out_dir = model_file(run_or_model), Path(out_dir)
     spec, metadata, params = read_model_file(source)
     partial = check_export_folder(out_dir)
+    place = Path(os.path.abspath(out_dir))  # "." has a name and a parent too
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        for left in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*{PARTIAL}"):  # from a killed export
+        place.parent.mkdir(parents=True, exist_ok=True)
+        for left in place.parent.glob(f".{glob.escape(place.name)}.*{PARTIAL}"):  # from a killed export
             shutil.rmtree(left, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=PARTIAL, dir=out_dir.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{place.name}.", suffix=PARTIAL, dir=place.parent))
         try:
             os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes a private folder; the export is an ordinary one
             write_export(tmp, source, run_or_model, spec, metadata, params, repo_id=repo_id, license=license)
             if partial:
-                shutil.rmtree(out_dir)
-            os.replace(tmp, out_dir)  # replaces an empty folder, refuses any other
-            fsync_dir(out_dir.parent)
+                shutil.rmtree(place)
+            os.replace(tmp, place)  # replaces an empty folder, refuses any other
+            fsync_dir(place.parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     except OSError as e:
