@@ -15,8 +15,8 @@ def make_model(task=Task.GENERATE):
     model = UNet(unet)
     for p in model.parameters():  # non-zero everywhere, so the round trip is a real test
         p.data.normal_(0, 0.02)
-    scale = 1 if task is Task.GENERATE else 4
-    spec = ModelSpec(unet=unet, task=task, scale=scale, image_size=16, channels=3, class_names=("a", "b"))
+    scale, classes = (1, ("a", "b")) if task is Task.GENERATE else (4, ())
+    spec = ModelSpec(unet=unet, task=task, scale=scale, image_size=16, channels=3, class_names=classes)
     return model.eval(), spec
 
 

@@ -1,5 +1,7 @@
 """The command line, end to end: train, generate, train an upscaler, upscale."""
 
+import json
+
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -156,8 +158,11 @@ def test_help_is_quick_and_lists_commands():
 def test_info_export_and_push_commands(generator_run, tmp_path, monkeypatch):
     r = invoke("info", generator_run)
     assert r.exit_code == 0, r.output
-    for needle in ("parameters", "train_steps", "usage", "diffgen generate"):
+    for needle in ("parameters", "use it", "diffgen generate"):
         assert needle in r.output
+    r = invoke("info", generator_run, "--json")
+    assert r.exit_code == 0, r.output
+    assert {"parameters", "train_steps", "usage"} <= json.loads(r.output).keys()
     r = invoke("export", generator_run, tmp_path / "hub", "--repo-id", "me/tiny")
     assert r.exit_code == 0, r.output
     assert {p.name for p in (tmp_path / "hub").iterdir()} >= {"model.safetensors", "config.json", "README.md"}

@@ -258,3 +258,138 @@ def test_bundled_models_are_named(tmp_path, monkeypatch):
     info = hub.describe(path)
     assert (info["source"], info["model"]) == ("bundled", "digits")
     assert info["usage"].startswith("diffgen generate --model digits ")
+
+
+def test_info_summarises_a_model_for_people_and_prints_the_record_for_tools(tmp_path, offline_hub):
+    from typer.testing import CliRunner
+
+    from diffgen.cli import app
+
+    run = tiny_run(tmp_path)
+    r = CliRunner().invoke(app, ["info", str(run)])
+    assert r.exit_code == 0, r.output
+    for needle in ("generates 16×16 RGB images of 2 classes", "red, blue", "100 steps on data/blobs (12 images)",
+                   "command", EXTRA["command"], "loss 0.031", "diffgen generate --model", "--json"):
+        assert needle in r.output
+    assert "train_steps" not in r.output and "{" not in r.output  # words, not the raw record
+    r = CliRunner().invoke(app, ["info", str(run), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == json.loads(json.dumps(hub.describe(run)))
+
+
+def test_models_lists_what_images_each_model_makes(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from diffgen.cli import app
+
+    tiny_model(tmp_path, "digits.safetensors")
+    tiny_model(tmp_path, "upscale-x4.safetensors", task=Task.UPSCALE)
+    monkeypatch.setattr(models, "weights_dir", lambda: tmp_path)
+    r = CliRunner().invoke(app, ["models"])
+    assert r.exit_code == 0, r.output
+    assert "16×16 RGB" in r.output and "any size, RGB" in r.output and "px" not in r.output
+
+
+def test_a_model_for_the_other_task_is_named_as_the_user_named_it(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from diffgen.cli import app
+
+    tiny_model(tmp_path, "digits.safetensors")
+    tiny_model(tmp_path, "upscale-x4.safetensors", task=Task.UPSCALE)
+    monkeypatch.setattr(models, "weights_dir", lambda: tmp_path)
+    r = CliRunner().invoke(app, ["generate", "--model", "upscale-x4", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 1 and str(tmp_path) not in r.output
+    assert r.output.startswith("error: upscale-x4: this is an upscale model (x4)")
+    assert "use it with `diffgen upscale IMAGE --model upscale-x4`" in r.output
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    r = CliRunner().invoke(app, ["upscale", str(tmp_path / "x.png"), "--model", "digits"])
+    assert r.exit_code == 1 and str(tmp_path / "digits") not in r.output
+    assert "digits: this is a generate model" in r.output and "`diffgen generate --model digits`" in r.output
+    with pytest.raises(CheckpointError, match=r"^user/x@v1: this is a generate model"):
+        load_model(tmp_path / "digits.safetensors", task=Task.UPSCALE, name="user/x@v1")
+
+
+def test_an_export_that_fails_leaves_nothing_and_a_rerun_works(tmp_path, monkeypatch):
+    import errno
+
+    model = tiny_model(tmp_path, "m.safetensors")
+    real = hub.model_card
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(hub, "model_card", disk_full)
+    with pytest.raises(DiffgenError, match=r"out: cannot write the export \(No space left on device\)"):
+        hub.export_run(model, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # no out, no temporary folder
+    monkeypatch.setattr(hub, "model_card", real)
+    out = hub.export_run(model, tmp_path / "out")
+    assert (out / "model.safetensors").read_bytes() == model.read_bytes() and (out / "README.md").is_file()
+    assert out.stat().st_mode & 0o777 == 0o777 & ~diffgen_umask()
+
+
+def diffgen_umask() -> int:
+    from diffgen.files import umask
+
+    return umask()
+
+
+def test_a_rerun_replaces_what_a_killed_export_left(tmp_path):
+    model = tiny_model(tmp_path, "m.safetensors")
+    old = tmp_path / "old"  # an older diffgen wrote in place: a kill left a truncated model and no card
+    old.mkdir()
+    (old / "model.safetensors").write_bytes(model.read_bytes()[:100])
+    (old / "config.json").write_text("{")
+    left = tmp_path / ".new.x1y2z3.diffgen-export"  # this one builds in a hidden sibling folder
+    left.mkdir()
+    (left / "model.safetensors").write_bytes(b"half")
+    for out in (old, tmp_path / "new"):
+        hub.export_run(model, out)
+        assert (out / "model.safetensors").read_bytes() == model.read_bytes() and (out / "README.md").is_file()
+    assert not left.exists()
+    with pytest.raises(OptionError, match="new: not an empty folder"):  # a finished export may hold the user's edits
+        hub.export_run(model, tmp_path / "new")
+
+
+def test_printed_commands_are_shell_quoted(tmp_path, offline_hub):
+    from typer.testing import CliRunner
+
+    from diffgen.cli import app
+
+    with pytest.raises(CheckpointError, match=r"`hf download user/name model.safetensors --revision 'v1;rm -rf x'`"):
+        open_model("user/name@v1;rm -rf x", Task.GENERATE)
+    model = tiny_model(tmp_path, "m.safetensors")
+    r = CliRunner().invoke(app, ["export", str(model), str(tmp_path / "my export"), "--repo-id", "me/x"])
+    assert r.exit_code == 0, r.output
+    assert f"hf upload me/x '{tmp_path / 'my export'}'" in r.output
+
+
+@pytest.mark.parametrize("ref", [b"\xff\xfe\x00garbage", b""])
+def test_a_corrupt_ref_in_the_hub_cache_is_a_clear_error_or_ignored(tmp_path, offline_hub, ref):
+    out = hub.export_run(tiny_model(tmp_path, "m.safetensors"), tmp_path / "export")
+    put_in_cache(offline_hub, "user/name", out, COMMIT_A, refs=("main", "v1"))
+    refs = offline_hub / "hub" / "models--user--name" / "refs"
+    (refs / "v1").write_bytes(ref)  # another ref, damaged: harmless to the commit main names
+    assert hub.describe(open_model("user/name", Task.GENERATE))["revision"] == "main"
+    (refs / "main").write_bytes(ref)
+    with pytest.raises(CheckpointError, match="user/name: "):
+        open_model("user/name", Task.GENERATE)
+    info = hub.describe(open_model(f"user/name@{COMMIT_A}", Task.GENERATE))
+    assert info["revision"] == COMMIT_A
+
+
+def test_info_shows_a_recorded_command_as_one_shell_line(tmp_path):
+    record = hub.describe(tiny_model(tmp_path, "m.safetensors"))
+    for command in (["diffgen", "train", "my data", "--out", "runs/x"], "diffgen train 'my data' --out runs/x"):
+        rows = dict(hub.overview(record | {"train_command": command}))
+        assert rows["command"] == "diffgen train 'my data' --out runs/x"
+    assert "command" not in dict(hub.overview(record | {"train_command": None}))
+
+
+def test_export_into_the_current_empty_folder(tmp_path, monkeypatch):
+    model = tiny_model(tmp_path, "m.safetensors")
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    hub.export_run(model, Path("."))
+    assert (tmp_path / "here" / "model.safetensors").read_bytes() == model.read_bytes()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -104,9 +105,26 @@ def freeze_imports() -> None:
         gc.freeze()
 
 
+# Control characters (C0, DEL, C1) and bidirectional overrides: printed raw, a model's metadata or a file's
+# name could clear the screen, plant a hyperlink or reorder what the user reads. Newlines too: every
+# message is one line.
+UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """`text` with every control character written as a visible escape (ESC as \\x1b, a newline as \\n)."""
+
+    def escape(match: re.Match) -> str:
+        char = match[0]
+        return NAMED_ESCAPES.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+    return UNPRINTABLE.sub(escape, text)
+
+
 def labelled(label: str, style: str, text: str) -> Text:
-    """'label text' with the label in colour."""
-    return Text.assemble((label, style), " ", text)
+    """'label text' with the label in colour; the text escaped, as it may come from a file or a model."""
+    return Text.assemble((label, style), " ", printable(text))
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -605,19 +623,18 @@ def models() -> None:
     """
     from rich.table import Table  # noqa: PLC0415
 
-    from diffgen.hub import read_model_file  # noqa: PLC0415
+    from diffgen.hub import image_kind, read_model_file  # noqa: PLC0415
     from diffgen.models import bundled_models, default_model  # noqa: PLC0415
 
     table = Table(title="bundled models (use with --model NAME)")
-    for col in ("name", "task", "image", "classes", "parameters", "file"):
+    for col in ("name", "task", "images", "classes", "parameters", "file"):
         table.add_column(col)
     for name, path in bundled_models():
         spec, _, params = read_model_file(path)  # reads the file; builds no network
         task = spec.task.value + (f" x{spec.scale}" if spec.scale > 1 else "")
         default = " (default)" if name == default_model(spec.task) else ""
         classes = ", ".join(spec.class_names) or "-"
-        image = f"{spec.image_size}px, {spec.channels} ch"
-        table.add_row(name + default, task, image, classes, f"{params / 1e6:.2f} M", f"{path.stat().st_size / 1e6:.1f} MB")
+        table.add_row(name + default, task, image_kind(spec), classes, f"{params / 1e6:.2f} M", f"{path.stat().st_size / 1e6:.1f} MB")
     print_table(table)
 
 
@@ -625,26 +642,32 @@ def models() -> None:
 @run_command
 def info(
     model: Annotated[str, typer.Argument(help="Bundled name, .safetensors file, run folder or Hub repo id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw record as JSON, for tools.")] = False,
 ) -> None:
     """Show what a model does, how it was trained, where it came from and how to use it.
 
     Examples:
       diffgen info digits
       diffgen info runs/digits
-      diffgen info user/name@main
+      diffgen info user/name@main --json
     """
+    import shlex  # noqa: PLC0415
+
     from rich.table import Table  # noqa: PLC0415
 
     from diffgen.checkpoint import Task  # noqa: PLC0415
-    from diffgen.hub import describe  # noqa: PLC0415
+    from diffgen.hub import describe, overview  # noqa: PLC0415
     from diffgen.models import resolve  # noqa: PLC0415
 
-    facts = describe(resolve(model, Task.GENERATE))
-    table = Table(show_header=False, title=f"model {model}")
+    record = describe(resolve(model, Task.GENERATE))
+    if as_json:  # ASCII JSON: every control character in the model's text is escaped (\u001b)
+        typer.echo(json.dumps(record, indent=2))
+        return
+    table = Table(show_header=False, title=f"model {model}", title_justify="left", box=None)
     table.add_column("field", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
-    for key, value in facts.items():
-        table.add_row(key, value if isinstance(value, str) else json.dumps(value))
+    for key, value in overview(record) + [("full record", f"diffgen info {shlex.quote(model)} --json")]:
+        table.add_row(key, value)
     print_table(table)
 
 
@@ -661,10 +684,13 @@ def export(
     Examples:
       diffgen export runs/digits hub/digits --repo-id me/diffgen-digits
     """
+    import shlex  # noqa: PLC0415
+
     from diffgen.hub import export_run  # noqa: PLC0415
 
     folder = export_run(run, out_dir, repo_id=repo_id, license=license)
-    report_done(f"exported to {folder}; upload with: hf upload {repo_id or 'USER/NAME'} {folder}")
+    upload = shlex.join(["hf", "upload", repo_id or "USER/NAME", str(folder)])
+    report_done(f"exported to {folder}; upload with: {upload}")
 
 
 @app.command()
@@ -687,7 +713,12 @@ def push(
 
 
 def print_table(table) -> None:
-    """Print a table whole: off a terminal (pipes, CI) there is no width to fit, so do not squeeze it."""
+    """Print a table whole, its text escaped (cells may hold a model's metadata or file names): off a
+    terminal (pipes, CI) there is no width to fit, so do not squeeze it."""
+    for column in table.columns:  # rich has no public way to rewrite cells
+        column._cells = [printable(cell) if isinstance(cell, str) else cell for cell in column._cells]
+    if isinstance(table.title, str):
+        table.title = printable(table.title)
     if console.is_terminal:
         console.print(table)
     else:

@@ -12,6 +12,7 @@ start-up, and most runs never need it.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import importlib
 import json
@@ -25,20 +26,16 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from diffgen import models
-from diffgen.checkpoint import (
-    LoadedModel,
-    ModelSpec,
-    Task,
-    read_safetensors,
-    spec_from_metadata,
-)
+from diffgen.checkpoint import LoadedModel, ModelSpec, Task, read_header
 from diffgen.errors import CheckpointError, DiffgenError, OptionError
+from diffgen.files import atomic_write, fsync_dir, umask
 
 MODEL_FILE = "model.safetensors"
 # A user or repo name as the Hub allows it: letters, digits, `_`, `-` and `.`, starting and ending with
 # a letter, digit or `_`, with no `--` or `..` (the cache uses `--` to join user and name).
 NAME = re.compile(r"(?!.*(--|\.\.))[A-Za-z0-9_]([A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
 COLOURS = {1: "greyscale", 3: "RGB", 4: "RGBA"}
+SHORT_COLOURS = {1: "grey", 3: "RGB", 4: "RGBA"}
 
 
 def is_repo_id(text: str) -> bool:
@@ -114,6 +111,12 @@ def hub_model_file(repo_id: str, revision: str | None = None) -> Path:
         )
     except (EntryNotFoundError, HfHubHTTPError, *connection_errors()) as e:
         raise download_error(e, repo_id, revision) from None
+    except (OSError, UnicodeDecodeError) as e:  # a damaged cache: a ref that is not text, an unreadable file
+        from huggingface_hub import constants
+
+        folder = (hub_cache() or Path(constants.HF_HUB_CACHE)) / ("models--" + repo_id.replace("/", "--"))
+        raise CheckpointError(f"{repo_id}: its entry in the Hugging Face cache is damaged ({first_line(e)}); "
+                              f"delete {folder} and run again to download it afresh") from None
     return Path(path)
 
 
@@ -127,7 +130,7 @@ def download_error(e: Exception, repo_id: str, revision: str | None) -> Checkpoi
     )
 
     name = f"{repo_id}@{revision}" if revision else repo_id
-    download = f"`hf download {repo_id} {MODEL_FILE}" + (f" --revision {revision}`" if revision else "`")
+    download = "`" + shlex.join(["hf", "download", repo_id, MODEL_FILE] + (["--revision", revision] if revision else [])) + "`"
     if isinstance(e, LocalEntryNotFoundError):
         why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hub cannot be reached"
         return CheckpointError(
@@ -171,9 +174,8 @@ def model_file(run_or_model: Path) -> Path:
 
 
 def read_model_file(path: Path) -> tuple[ModelSpec, dict[str, str], int]:
-    """A model file's spec, metadata and parameter count, without building the network."""
-    tensors, metadata = read_safetensors(path)
-    return spec_from_metadata(path, metadata), metadata, sum(t.numel() for t in tensors.values())
+    """A model file's spec, metadata and parameter count, checked, without reading the weights."""
+    return read_header(path)
 
 
 def newest_sample(run_or_model: Path) -> Path | None:
@@ -185,27 +187,74 @@ def newest_sample(run_or_model: Path) -> Path | None:
     return steps[max(steps)] if steps else None
 
 
+EXPORT_FILES = {MODEL_FILE, "config.json", "README.md", "sample_grid.png"}
+PARTIAL = ".diffgen-export"  # suffix of the hidden folder an export is built in
+
+
 def export_run(run_or_model: Path, out_dir: Path, *, repo_id: str | None = None, license: str = "mit") -> Path:
     """Write a folder ready for `hf upload`: the model file (byte for byte), config.json, README.md, samples.
 
     `repo_id` is the repo the folder is meant for, used in the card's commands (default: a USER/NAME
-    placeholder). Refuses to write into a folder that is not empty.
+    placeholder). The folder is built under a hidden temporary name beside `out_dir` and renamed into
+    place when complete, so a kill or a full disk never leaves a half export that could be uploaded.
+    Refuses a folder that is not empty, unless it is what an interrupted export left.
     """
     source, out_dir = model_file(run_or_model), Path(out_dir)
     spec, metadata, params = read_model_file(source)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise OptionError(f"{out_dir}: not an empty folder; export into a new or empty one")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, out_dir / MODEL_FILE)
+    partial = check_export_folder(out_dir)
+    place = Path(os.path.abspath(out_dir))  # "." has a name and a parent too
+    try:
+        place.parent.mkdir(parents=True, exist_ok=True)
+        for left in place.parent.glob(f".{glob.escape(place.name)}.*{PARTIAL}"):  # from a killed export
+            shutil.rmtree(left, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{place.name}.", suffix=PARTIAL, dir=place.parent))
+        try:
+            os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes a private folder; the export is an ordinary one
+            write_export(tmp, source, run_or_model, spec, metadata, params, repo_id=repo_id, license=license)
+            if partial:
+                shutil.rmtree(place)
+            os.replace(tmp, place)  # replaces an empty folder, refuses any other
+            fsync_dir(place.parent)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:
+        raise DiffgenError(f"{out_dir}: cannot write the export ({e.strerror or e}); free some space or check "
+                           "the folder's permissions, then run it again") from None
+    return out_dir
+
+
+def check_export_folder(out_dir: Path) -> bool:
+    """Refuse an export folder holding anything but an interrupted export; True if it holds one.
+
+    An export before the build-and-rename one wrote in place, the card last: export files without a
+    card are a half export. A finished one is kept: its card may hold the user's edits.
+    """
+    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        return False
+    names = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else set()
+    if names and names <= EXPORT_FILES - {"README.md"} and all((out_dir / n).is_file() for n in names):
+        return True
+    raise OptionError(f"{out_dir}: not an empty folder; export into a new or empty one")
+
+
+def write_export(folder: Path, source: Path, run_or_model: Path, spec: ModelSpec, metadata: dict[str, str],
+                 params: int, *, repo_id: str | None, license: str) -> None:
+    """The export's files, each flushed to disk."""
+    copy_durably(source, folder / MODEL_FILE)
     config = {"format": metadata["format"], "format_version": int(metadata["format_version"]),
               "diffgen_version": metadata.get("diffgen_version"), "spec": json.loads(spec.to_json())}
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write(folder / "config.json", (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
     grid = newest_sample(run_or_model)
     if grid is not None:
-        shutil.copyfile(grid, out_dir / "sample_grid.png")
+        copy_durably(grid, folder / "sample_grid.png")
     card = model_card(spec, params, repo_id or "USER/NAME", license=license, grid=grid)
-    (out_dir / "README.md").write_text(card, encoding="utf-8")
-    return out_dir
+    atomic_write(folder / "README.md", card.encode("utf-8"))
+
+
+def copy_durably(source: Path, target: Path) -> None:
+    shutil.copyfile(source, target)
+    with open(target, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 def card_metadata(spec: ModelSpec, license: str) -> str:
@@ -263,6 +312,12 @@ def summary(spec: ModelSpec) -> str:
                 f"x{spec.scale} (super-resolution), trained on {spec.image_size}×{spec.image_size} crops.")
     of = f" of {len(spec.class_names)} classes" if spec.class_names else ""
     return f"A diffgen diffusion model that generates {spec.image_size}×{spec.image_size} {colour} images{of}."
+
+
+def image_kind(spec: ModelSpec) -> str:
+    """What images a model makes, in a few words: "28×28 grey"; an upscaler takes any size."""
+    colour = SHORT_COLOURS.get(spec.channels, f"{spec.channels}-channel")
+    return f"any size, {colour}" if spec.task is Task.UPSCALE else f"{spec.image_size}×{spec.image_size} {colour}"
 
 
 def facts(spec: ModelSpec, params: int) -> dict[str, str]:
@@ -347,8 +402,16 @@ def hub_origin(path: Path) -> dict[str, str] | None:
 def ref_name(repo_dir: Path, commit: str) -> str:
     """The branch or tag that points at `commit` in the cache (main first), or the commit itself."""
     refs = repo_dir / "refs"
-    names = sorted(str(f.relative_to(refs)) for f in refs.rglob("*") if f.is_file() and f.read_text().strip() == commit)
+    names = sorted(str(f.relative_to(refs)) for f in refs.rglob("*") if f.is_file() and read_ref(f) == commit)
     return "main" if "main" in names else (names[0] if names else commit)
+
+
+def read_ref(path: Path) -> str | None:
+    """The commit a ref file in the Hub cache names; None if it cannot be read (a damaged ref names nothing)."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def model_identity(path: Path) -> dict[str, str]:
@@ -391,5 +454,58 @@ def describe(path_or_loaded: Path | LoadedModel) -> dict:
         "metrics": spec.extra.get("metrics"), "diffgen_version": metadata.get("diffgen_version"),
         "config": {"schedule": spec.schedule.value, "num_timesteps": spec.num_timesteps,
                    "prediction": spec.prediction.value, "unet": spec.unet.to_dict()},
-        "usage": usage(spec, model_arg(source)),
+        "usage": usage(spec, model_arg(source)), "summary": summary(spec),
     }
+
+
+def overview(info: dict) -> list[tuple[str, str]]:
+    """`diffgen info`'s summary of `describe`'s record: what the model does, how to use it, where it came
+    from and how it was trained."""
+    config = info["config"]
+    rows = [("what it does", info["summary"])]
+    if info["classes"]:
+        rows.append(("classes", ", ".join(info["classes"])))
+    rows += [
+        ("use it", info["usage"]),
+        ("source", source_text(info)),
+        ("file", f"{info['path']} ({info['size_bytes'] / 1e6:.1f} MB, sha256 {info['sha256'][:12]})"),
+        ("network", f"{info['parameters'] / 1e6:.2f} M parameters; {config['schedule']} schedule of "
+                    f"{config['num_timesteps']} steps, predicts {config['prediction']}"),
+        ("training", training_text(info)),
+    ]
+    provenance = dict(info["provenance"] or {})
+    provenance.pop("images", None)  # shown in the training row
+    if info["train_command"]:
+        command = info["train_command"]
+        rows.append(("command", shlex.join(map(str, command)) if isinstance(command, list) else str(command)))
+    if "init_from" in provenance:
+        steps = provenance.pop("init_steps", None)
+        rows.append(("fine-tuned from", str(provenance.pop("init_from")) + (f" ({number(steps)} steps)" if steps else "")))
+    rows += [(str(key), value if isinstance(value, str) else json.dumps(value)) for key, value in provenance.items()]
+    if info["metrics"]:
+        metrics = info["metrics"]
+        text = ", ".join(f"{k} {v}" for k, v in metrics.items()) if isinstance(metrics, dict) else json.dumps(metrics)
+        rows.append(("metrics", text))
+    rows.append(("made with", f"diffgen {info['diffgen_version'] or '(version unknown)'}"))
+    return rows
+
+
+def source_text(info: dict) -> str:
+    if info["source"] == "bundled":
+        return f"bundled with diffgen, as {info['model']}"
+    if info["source"] == "hub":
+        return f"Hugging Face Hub: {info['model']}, revision {info['revision']}, commit {info['commit'][:12]}"
+    return "a local file"
+
+
+def training_text(info: dict) -> str:
+    """'7,783 steps on data/digits (5,000 images)'."""
+    text = f"{number(info['train_steps'])} steps"
+    if info["data"]:
+        text += f" on {info['data']}"
+    images = (info["provenance"] or {}).get("images")
+    return text + (f" ({number(images)} images)" if images is not None else "")
+
+
+def number(value) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)

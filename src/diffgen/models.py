@@ -49,7 +49,9 @@ def resolve(model: str | None, task: Task, option: str = "--model") -> Path:
 
 
 def open_model(model: str | None, task: Task, device: str = "cpu") -> LoadedModel:
-    return load_model(resolve(model, task), task=task, device=device)
+    """Load the model a `--model` value names; a model for another task is named as the user named it."""
+    model = model or default_model(task)
+    return load_model(resolve(model, task), task=task, device=device, name=model)
 
 
 def bundled_models() -> list[tuple[str, Path]]:

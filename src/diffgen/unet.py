@@ -51,7 +51,8 @@ class UNetConfig:
     def from_dict(cls, d: dict) -> "UNetConfig":
         d = dict(d)
         for key in ("channel_mults", "attention_levels"):
-            d[key] = tuple(d[key])
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)
 
 
