@@ -203,7 +203,7 @@ def train(
     task: Annotated[TaskOpt, typer.Option(help="generate: new images; upscale: super-resolution.")] = TaskOpt.generate,
     scale: Annotated[int, typer.Option(help="Upscaling factor (upscale task).")] = 4,
     image_size: Annotated[Optional[int], typer.Option(help="Training resolution (HR crop size when upscaling).", show_default="32; upscale: 96")] = None,
-    channels: Annotated[Optional[int], typer.Option(help="1, 3 or 4; default: as the images.")] = None,
+    channels: Annotated[Optional[int], typer.Option(help="1, 3 or 4; default: as most images have.")] = None,
     crop: Annotated[CropOpt, typer.Option(help="Centre crop once, or a random crop each time.")] = CropOpt.center,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips (upscaling: all flips and quarter turns).")] = True,
     preset: Annotated[str, typer.Option(help="U-Net size: tiny, small or base.")] = "tiny",
@@ -277,15 +277,58 @@ def train(
     if resume and (out / "state.safetensors").exists():
         cfg = resumed_config(ctx, cfg, load_config(out / "state.safetensors"))
     with TrainProgress(cfg.max_steps) as progress:
-        result = run_training(cfg, callback=progress.update, resume=resume)
+        result = run_training(cfg, callback=progress.update, resume=resume, command=typed_command(ctx))
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
+    report_trained(result, out, resumed=resume)
+
+
+def report_trained(result, out: Path, *, resumed: bool) -> None:
+    """The end of `train`: where the model is, the final loss, time and samples, and the next command."""
+    from diffgen.hub import usage  # noqa: PLC0415
+
+    if resumed and not result.steps_run:
+        console.print(f"already finished: it trained {result.step} steps; pass --max-steps N (more than "
+                      f"{result.step}) with --resume to go on", highlight=False, soft_wrap=True)
         return
     if result.skipped:
         # Finished, but not on all the data: say so in the exit code too (see docs/guarantees.md).
         console_err.print(labelled(f"done, with {len(result.skipped)} unreadable file(s) skipped:", "yellow",
                                    f"model written to {result.model_path}"), highlight=False, soft_wrap=True)
+    else:
+        report_done(f"model written to {result.model_path}")
+    samples = f"; samples: {result.samples}" if result.samples else ""
+    console.print(f"  step {result.step}, loss {result.loss:.4f}, {duration(result.seconds)}{samples}",
+                  highlight=False, soft_wrap=True)
+    console.print(f"  next: {usage(result.spec, str(out))}", highlight=False, soft_wrap=True)
+    if result.skipped:
         raise typer.Exit(3)
-    report_done(f"model written to {result.model_path}")
+
+
+def typed_command(ctx: typer.Context) -> str:
+    """The command line as typed, shell-quoted, for the model's provenance (options in the order of --help)."""
+    import shlex  # noqa: PLC0415
+
+    words = ["diffgen", ctx.info_name]
+    for param in ctx.command.params:
+        if getattr(ctx.get_parameter_source(param.name), "name", None) != "COMMANDLINE":
+            continue
+        value = ctx.params[param.name]
+        if param.param_type_name == "argument":
+            words.append(str(value))
+        elif getattr(param, "is_flag", False):
+            words.append(param.opts[0] if value or not param.secondary_opts else param.secondary_opts[0])
+        else:
+            words += [param.opts[0], str(getattr(value, "value", value))]
+    return shlex.join(words)
+
+
+def duration(seconds: float) -> str:
+    """'42 s', '12 min', '3 h 5 min'."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
 # What a resumed run takes from the command line: where its data and folder now are, how long to go on
@@ -328,7 +371,8 @@ def refusal(param, saved) -> str:
 
 
 class TrainProgress:
-    """A rich progress bar on a terminal; plain log lines every so often elsewhere (CI, nohup)."""
+    """What a run found and does, then a rich progress bar on a terminal, or plain log lines every so often
+    elsewhere (CI, nohup). The bar appears at the first step: a run with no step to train shows none."""
 
     def __init__(self, total: int, every: int = 50):
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
@@ -340,7 +384,7 @@ class TrainProgress:
             TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.1f} img/s"), TimeRemainingColumn(),
             console=console, disable=not self.interactive,
         )
-        self.task = self.bar.add_task("train", total=total, loss=float("nan"), ips=0.0)
+        self.task = None
 
     def __enter__(self):
         self.bar.__enter__()
@@ -349,16 +393,47 @@ class TrainProgress:
     def __exit__(self, *exc):
         self.bar.__exit__(*exc)
 
+    def say(self, text: str) -> None:
+        self.bar.console.print(text, highlight=False, soft_wrap=True)
+
     def update(self, event) -> None:
-        from diffgen.train import Note  # noqa: PLC0415
+        from diffgen.train import Estimate, Finishing, Note, Started  # noqa: PLC0415
 
         if isinstance(event, Note):
             console_err.print(labelled("note:", "yellow", event.text), highlight=False, soft_wrap=True)
-            return
+        elif isinstance(event, Started):
+            self.say(started_text(event))
+        elif isinstance(event, Estimate):
+            self.say(f"expected: about {duration(event.seconds)} for the {self.total - event.step} steps to go, at "
+                     "the pace of the first ones (sample grids and checkpoints add a little)")
+        elif isinstance(event, Finishing):
+            grid = (f" and a sample grid of {event.grid_images} images ({event.sample_steps} sampling steps each)"
+                    if event.grid_images else "")
+            self.say(f"step {event.step} done: writing the final checkpoint{grid}")
+        else:
+            self.progress(event)
+
+    def progress(self, event) -> None:
+        self.total = event.total
+        if self.task is None:
+            self.task = self.bar.add_task("train", total=event.total, loss=event.loss, ips=event.images_per_s)
         self.bar.update(self.task, completed=event.step, total=event.total, loss=event.loss, ips=event.images_per_s)
         if not self.interactive and (event.step % self.every == 0 or event.step == event.total):
             console.print(f"step {event.step}/{event.total}  loss {event.loss:.4f}  {event.images_per_s:.1f} img/s", highlight=False)
             console.file.flush()
+
+
+COLOURS = {1: "grey", 3: "RGB", 4: "RGBA"}
+
+
+def started_text(event) -> str:
+    """'12 images in 2 classes (blue, red), resized to 16x16 RGB, on cpu, writing to runs/x'."""
+    names = ", ".join(event.class_names[:10]) + (", …" if len(event.class_names) > 10 else "")
+    found = f"{event.images} images" + (f" in {len(event.class_names)} classes ({names})" if event.class_names else "")
+    size = f"{event.image_size}x{event.image_size} {COLOURS.get(event.channels, f'{event.channels}-channel')}"
+    what = f"random {size} crops" if event.crops else f"resized to {size}"
+    at = f"from step {event.step} " if event.step else ""
+    return f"training {at}to step {event.total} on {found}, {what}, on {event.device}, writing to {event.out}"
 
 
 def report_done(message: str) -> None:

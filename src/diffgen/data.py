@@ -12,7 +12,7 @@ fly by DataLoader workers (`FileImages`). Both go through `prepare` and `shrunk_
 from __future__ import annotations
 
 import hashlib
-import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -152,7 +152,7 @@ def open_dataset(
 ) -> Dataset:
     """Index a folder, check every file, and decode it into memory if it fits in `memory_limit` bytes.
 
-    Unreadable files are skipped and reported through `warn`; channels default to the first image's.
+    Unreadable files are skipped and reported through `warn`; channels default to the most common count.
     """
     files, labels, class_names = find_images(root)
     skipped: list[str] = []
@@ -162,21 +162,20 @@ def open_dataset(
         if warn:
             warn(f"skipping {e}")
 
-    checked, nbytes = [], 0
+    headers = []  # (path, label, width, height, channels)
     for path, label in zip(files, labels):
         try:
             img = open_image(path, decode=False)
         except ImageError as e:
             skip(e)
             continue
-        channels = channels or channels_of(img)
-        checked.append((path, label))
-        nbytes += decoded_bytes(img.width, img.height, Prep(channels, size, crop, resize))
-    if not checked:
+        headers.append((path, label, img.width, img.height, channels_of(img)))
+    if not headers:
         raise DataError(f"{root}: none of the {len(files)} files could be read as an image")
-    prep = Prep(channels, size, crop, resize)
+    prep = Prep(channels or common_channels([h[4] for h in headers], warn), size, crop, resize)
+    checked = [(path, label) for path, label, *_ in headers]
     images = None
-    if nbytes <= memory_limit:
+    if sum(decoded_bytes(w, h, prep) for _, _, w, h, _ in headers) <= memory_limit:
         images, decoded = [], []
         for path, label in checked:
             try:
@@ -190,6 +189,22 @@ def open_dataset(
         raise DataError(f"{Path(root) / class_names[missing[0]]}: no readable images in this class folder")
     paths = [p for p, _ in checked]
     return Dataset(paths, torch.tensor([lab for _, lab in checked]), class_names, prep, images, tuple(skipped))
+
+
+CHANNEL_NAMES = {1: "grey", 3: "colour", 4: "colour with transparency"}
+
+
+def common_channels(counts: list[int], warn: Warn | None) -> int:
+    """The channel count most images have (the larger one on a tie), so that a grey first file does not
+    turn a colour data set grey; when the images disagree, `warn` says what was chosen."""
+    tally = Counter(counts)
+    chosen = max(tally, key=lambda c: (tally[c], c))
+    others = len(counts) - tally[chosen]
+    if others and warn:
+        converted = ", ".join(f"{n} {CHANNEL_NAMES[c]} image{'s' * (n > 1)}" for c, n in sorted(tally.items()) if c != chosen)
+        warn(f"{chosen} channels ({CHANNEL_NAMES[chosen]}), as {tally[chosen]} of the {len(counts)} images have; "
+             f"{converted} {'is' if others == 1 else 'are'} converted; pass --channels to choose")
+    return chosen
 
 
 class DataOrder:
@@ -221,7 +236,8 @@ class DataOrder:
 
 
 class FileImages(torch.utils.data.Dataset):
-    """Decode-on-demand images for DataLoader workers; an item is (index, uy, ux, shrink factor) -> uint8 crop."""
+    """Decode-on-demand images for DataLoader workers: an item (index, uy, ux, shrink factor) gives
+    (uint8 crop, or None when no file could be decoded; the messages of the files that failed)."""
 
     def __init__(self, data: Dataset):
         self.data = data
@@ -229,16 +245,25 @@ class FileImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, item: tuple[int, float, float, float]) -> Tensor:
+    def __getitem__(self, item: tuple[int, float, float, float]) -> tuple[Tensor | None, list[str]]:
         i, uy, ux, factor = item
+        failed = []
         for attempt in range(len(self.data)):
             path = self.data.files[(i + attempt) % len(self.data)]
             try:
-                return shrunk_crop(prepare(path, self.data.prep), uy, ux, self.data.prep.size, factor)
+                return shrunk_crop(prepare(path, self.data.prep), uy, ux, self.data.prep.size, factor), failed
             except ImageError as e:
                 # Headers were checked up front; a file that fails to decode now is replaced by the next.
-                warnings.warn(f"skipping {e}", stacklevel=1)
-        raise DataError("no image in the data set could be decoded")
+                # The workers cannot report it: the training process does, once per file.
+                failed.append(str(e))
+        return None, failed
+
+
+def collate_crops(items: list[tuple[Tensor | None, list[str]]]) -> tuple[Tensor | None, list[str]]:
+    """A DataLoader batch of `FileImages` items: (stacked crops, or None if any is missing; all failures)."""
+    crops = [crop for crop, _ in items]
+    failed = [message for _, messages in items for message in messages]
+    return (None if any(c is None for c in crops) else torch.stack(crops)), failed
 
 
 def random_flip(x: Tensor, flip: Tensor) -> Tensor:

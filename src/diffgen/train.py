@@ -10,6 +10,7 @@ what resuming needs (see `state.py`). Every batch is a pure function of the seed
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import math
 import os
@@ -26,8 +27,8 @@ from torch import Tensor
 
 from diffgen.checkpoint import LoadedModel, ModelSpec, Task, load_model, save_model
 from diffgen.data import (
-    Crop, Dataset, DataOrder, FileImages, batch_generator, downsample, open_dataset, quantize, random_dihedral,
-    random_flip, shrunk_crop, upsample,
+    Crop, Dataset, DataOrder, FileImages, batch_generator, collate_crops, downsample, open_dataset, quantize,
+    random_dihedral, random_flip, shrunk_crop, upsample,
 )
 from diffgen.errors import DataError, DiffgenError, OptionError, TrainingInterrupted
 from diffgen.files import atomic_write
@@ -47,7 +48,7 @@ class TrainConfig:
     task: Task = Task.GENERATE  # generate new images, or upscale
     scale: int = 4  # upscaling factor (upscale task)
     image_size: int = 32  # training resolution (HR crop size for upscaling)
-    channels: int | None = None  # 1, 3 or 4; None: as the first image
+    channels: int | None = None  # 1, 3 or 4; None: as most images have
     crop: Crop = Crop.CENTER  # centre crop once, or a random crop every time (always random for upscaling)
     flip: bool = True  # random horizontal flips; for upscaling, all 8 flips and quarter turns
     preset: str = "tiny"  # U-Net size: tiny, small or base
@@ -104,7 +105,39 @@ class Note:
     text: str
 
 
-Event = Progress | Note
+@dataclass(frozen=True)
+class Started:
+    """What the run found and is about to do; sent once, before the first step."""
+
+    images: int
+    class_names: tuple[str, ...]
+    image_size: int
+    channels: int
+    crops: bool  # trains on random crops of the images as they are (upscaling), not on whole images resized
+    device: str
+    out: Path
+    step: int  # where it starts: 0, or the step a resumed run stopped at
+    total: int
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """How long the rest of the run should take, from the pace of its first steps; sent once."""
+
+    seconds: float
+    step: int  # the step it was made at
+
+
+@dataclass(frozen=True)
+class Finishing:
+    """The last step is done; the final checkpoint and sample grid are being written, which takes a while."""
+
+    step: int
+    grid_images: int  # 0 when no grid is drawn
+    sample_steps: int
+
+
+Event = Progress | Note | Started | Estimate | Finishing
 
 
 @dataclass(frozen=True)
@@ -244,18 +277,21 @@ class Batches:
     """Global micro-batches k = 0, 1, 2, ... of uint8 crops, with the randomness that goes with them.
 
     Each rank gets its contiguous slice of every global micro-batch. From memory the crops are cut
-    here; from disk they are decoded ahead by DataLoader workers.
+    here; from disk they are decoded ahead by DataLoader workers. Files that fail to decode then (deleted
+    or damaged since the run started) are collected in `skipped` and reported once each to `on_skip`.
     """
 
-    def __init__(self, data: Dataset, cfg: TrainConfig, ranks: Ranks, first_k: int):
-        self.data, self.cfg, self.ranks = data, cfg, ranks
+    def __init__(self, data: Dataset, cfg: TrainConfig, ranks: Ranks, first_k: int,
+                 on_skip: Callable[[str], None] | None = None):
+        self.data, self.cfg, self.ranks, self.on_skip = data, cfg, ranks, on_skip
         self.micro = cfg.batch_size // cfg.grad_accum
         self.order = DataOrder(len(data), self.micro, cfg.seed)
+        self.skipped: dict[str, None] = {}  # an ordered set of messages
         self.loader = None
         if data.images is None:
             self.loader = iter(torch.utils.data.DataLoader(
                 FileImages(data), batch_sampler=self.crop_requests(first_k), num_workers=cfg.workers,
-                persistent_workers=cfg.workers > 0,
+                persistent_workers=cfg.workers > 0, collate_fn=collate_crops,
             ))
 
     def my_slice(self) -> slice:
@@ -284,11 +320,24 @@ class Batches:
         """(uint8 crops, labels) of this rank's share of micro-batch k, and the generator to continue with."""
         idx, crops, g = self.plan(k)
         if self.loader is not None:
-            images = next(self.loader)
+            images = self.streamed()
         else:
             images = torch.stack([shrunk_crop(self.data.images[i], uy, ux, self.cfg.image_size, factor)
                                   for i, (uy, ux, factor) in zip(idx, crops)])
         return images, self.data.labels[idx], g
+
+    def streamed(self) -> Tensor:
+        """The workers' next batch of crops, reporting the files that failed on the way."""
+        images, failed = next(self.loader)
+        for message in failed:
+            if message not in self.skipped:
+                self.skipped[message] = None
+                if self.on_skip:
+                    self.on_skip(f"skipping {message}")
+        if images is None:
+            raise DataError(f"{self.cfg.data_dir}: none of its images can be decoded any more (moved or deleted "
+                            "during the run?); put them back and continue with --resume")
+        return images
 
 
 def aux_batches(data: Dataset, cfg: TrainConfig, batch_size: int) -> Batches:
@@ -391,10 +440,19 @@ def all_ranks(value: float, ranks: Ranks, op=None) -> float:
 class Trained:
     model_path: Path  # RUN_DIR/model.safetensors
     skipped: tuple[str, ...]  # data files that could not be read, with the reason
+    spec: ModelSpec | None = None  # of the model written
+    step: int = 0  # steps trained in all
+    steps_run: int = 0  # by this call: 0 when a resumed run had already finished
+    loss: float | None = None  # smoothed, at the last step
+    seconds: float = 0.0  # this call's training time
+    samples: Path | None = None  # the last sample grid written
 
 
-def train(cfg: TrainConfig, *, callback: Callable[[Event], None] | None = None, resume: bool = False) -> Trained:
-    """Train (or with `resume`, continue) a model."""
+def train(
+    cfg: TrainConfig, *, callback: Callable[[Event], None] | None = None, resume: bool = False,
+    command: str | None = None,
+) -> Trained:
+    """Train (or with `resume`, continue) a model; `command` is recorded in a new model's provenance."""
     device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     with process_group(device) as ranks:
         notify = (callback or (lambda event: None)) if ranks.main else (lambda event: None)
@@ -406,19 +464,22 @@ def train(cfg: TrainConfig, *, callback: Callable[[Event], None] | None = None, 
         cfg, data = load_data(cfg, notify)
         # The model is checked against the options and the data before the run folder is touched.
         spec, start = build_spec(cfg, data), None
+        if command:
+            spec = replace(spec, extra=spec.extra | {"command": command})
         if cfg.init_from and not resume:
             spec, start = fine_tuned(cfg, spec, notify)
+        check_memory(spec, cfg, device, ranks)
         with run_lock(out, held=ranks.main):  # before the state is read: nobody else may be writing it
+            if ranks.main:  # again: another trainer may have finished a run here while this one loaded its data
+                check_run_dir(out, Path(cfg.data_dir), resume)
             return train_loop(cfg, data, spec, start, out, device, ranks, notify, resume)
 
 
-def train_loop(
-    cfg: TrainConfig, data: Dataset, spec: ModelSpec, start: torch.nn.Module | None, out: Path,
-    device: torch.device, ranks: Ranks, notify: Callable[[Event], None], resume: bool,
-) -> Trained:
-    """The training loop of `train`, on a checked run folder that this process holds; `start` is the
-    --init-from model, else the network is new."""
-    torch.manual_seed(cfg.seed)
+def open_run(
+    cfg: TrainConfig, spec: ModelSpec, start: torch.nn.Module | None, out: Path, device: torch.device, ranks: Ranks,
+    notify: Callable[[Event], None], resume: bool,
+) -> tuple[ModelSpec, torch.nn.Module, torch.nn.Module, torch.optim.Optimizer, int]:
+    """(spec, model, EMA, optimizer, step) of a new run, or restored from the run folder's state."""
     state = read_state(out / "state.safetensors") if resume else None
     if state is not None:
         spec = saved_spec(state[1])  # the run's own network, e.g. the one --init-from started it from
@@ -432,20 +493,38 @@ def train_loop(
         for leftover in out.glob(".*.safetensors.*.tmp"):  # half-written by a process that was killed
             leftover.unlink(missing_ok=True)
         notify(Note(f"resuming {out} at step {step}"))
-    batches = Batches(data, cfg, ranks, first_k=step * cfg.grad_accum)
+    elif ranks.main and clear_leftovers(out):
+        notify(Note(f"starting {out} again from step 0: its run stopped before its first checkpoint"))
+    return spec, model, ema, opt, step
+
+
+def train_loop(
+    cfg: TrainConfig, data: Dataset, spec: ModelSpec, start: torch.nn.Module | None, out: Path,
+    device: torch.device, ranks: Ranks, notify: Callable[[Event], None], resume: bool,
+) -> Trained:
+    """The training loop of `train`, on a checked run folder that this process holds; `start` is the
+    --init-from model, else the network is new."""
+    torch.manual_seed(cfg.seed)
+    spec, model, ema, opt, step = open_run(cfg, spec, start, out, device, ranks, notify, resume)
+    batches = Batches(data, cfg, ranks, first_k=step * cfg.grad_accum, on_skip=lambda text: notify(Note(text)))
     if cfg.task is Task.UPSCALE and not resume and not cfg.init_from:
         spec = replace(spec, residual_scale=residual_scale(aux_batches(data, cfg, cfg.batch_size), cfg))
     if ranks.main:
         (out / "samples").mkdir(parents=True, exist_ok=True)
     net = torch.nn.parallel.DistributedDataParallel(model) if ranks.world > 1 else model
     alphas_cumprod = spec.make_schedule().alphas_cumprod.float()
+    if step < cfg.max_steps:  # else a resumed run that has finished: the caller says so
+        notify(Started(len(data), spec.class_names, cfg.image_size, spec.channels, cfg.task is Task.UPSCALE,
+                       str(device), out, step, cfg.max_steps))
 
     def checkpoint(at: int) -> None:
         if ranks.main:
-            save_state(out / "state.safetensors", model, ema, opt, replace(spec, train_steps=at), cfg, at)
-            save_model(out / "model.safetensors", ema, replace(spec, train_steps=at))
+            with writing(out / "state.safetensors", cfg):
+                save_state(out / "state.safetensors", model, ema, opt, replace(spec, train_steps=at), cfg, at)
+            with writing(out / "model.safetensors", cfg):
+                save_model(out / "model.safetensors", ema, replace(spec, train_steps=at))
 
-    smoothed, seen, t0 = None, 0, time.perf_counter()
+    first, smoothed, samples, pace = step, None, None, Pace(step, cfg.max_steps)
     with stop_requests() as stop:
         while step < cfg.max_steps:
             loss = all_ranks(train_step(net, opt, batches, spec, cfg, alphas_cumprod, step), ranks)
@@ -456,24 +535,155 @@ def train_loop(
                 )
             update_ema(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
             step += 1
-            seen += cfg.batch_size
             smoothed = loss if smoothed is None else 0.98 * smoothed + 0.02 * loss
-            ips = seen / (time.perf_counter() - t0)
+            ips = (step - first) * cfg.batch_size / (pace.clock() - pace.t0)
             notify(Progress(step, cfg.max_steps, smoothed, ips))
+            if estimate := pace.after(step):
+                notify(estimate)
             if ranks.main and step % cfg.log_every == 0:
                 record = {"step": step, "loss": loss, "lr": learning_rate(cfg, step - 1), "images_per_s": ips}
-                append_log(out / "log.jsonl", record)
-            if ranks.main and (step % cfg.sample_every == 0 or step == cfg.max_steps):
-                write_samples(out, LoadedModel(replace(spec, train_steps=step), ema.eval(), out), data, cfg, step)
+                append_log(out / "log.jsonl", record, cfg)
+            sampling = ranks.main and (step % cfg.sample_every == 0 or step == cfg.max_steps)
+            if step == cfg.max_steps:
+                notify(Finishing(step, grid_size(spec, data) if sampling else 0, cfg.sample_steps))
             if step % cfg.save_every == 0 or step == cfg.max_steps:
                 checkpoint(step)
+            if sampling:  # after the checkpoint: a run stopped while sampling has lost nothing
+                samples = write_samples(out, LoadedModel(replace(spec, train_steps=step), ema.eval(), out), data, cfg, step)
             if all_ranks(float(bool(stop)), ranks, dist.ReduceOp.MAX if ranks.world > 1 else None):
                 checkpoint(step)
-                raise TrainingInterrupted(
-                    f"stopped by {stop[0] if stop else 'a signal'} at step {step}; saved. Continue with: "
-                    f"diffgen train {cfg.data_dir} --out {out} --resume"
-                )
-    return Trained(out / "model.safetensors", data.skipped)
+                raise TrainingInterrupted(f"stopped by {stop[0] if stop else 'a signal'} at step {step}; saved. "
+                                          f"Continue with: {resume_command(cfg)}")
+    return Trained(out / "model.safetensors", data.skipped + tuple(batches.skipped), replace(spec, train_steps=step),
+                   step, step - first, smoothed, pace.clock() - pace.t0, samples)
+
+
+class Pace:
+    """The time per step, measured from the end of the first step (which warms up), and one estimate of
+    the time the remaining steps take: after ESTIMATE_STEPS steps, or sooner when they are slow."""
+
+    ESTIMATE_STEPS, ESTIMATE_SECONDS = 10, 10.0
+
+    def __init__(self, start: int, total: int, clock: Callable[[], float] = time.perf_counter):
+        self.start, self.total, self.clock = start, total, clock
+        self.t0 = clock()
+        self.warm: float | None = None  # when the first step ended
+        self.said = False
+
+    def after(self, step: int) -> Estimate | None:
+        """Call after each step: the estimate, once, else None."""
+        now = self.clock()
+        if step == self.start + 1:
+            self.warm = now
+            return None
+        timed = step - self.start - 1
+        if self.said or self.warm is None or step >= self.total:
+            return None
+        if timed < self.ESTIMATE_STEPS - 1 and now - self.warm < self.ESTIMATE_SECONDS:
+            return None
+        self.said = True
+        return Estimate((now - self.warm) / timed * (self.total - step), step)
+
+
+def resume_command(cfg: TrainConfig) -> str:
+    return f"diffgen train {cfg.data_dir} --out {cfg.out_dir} --resume"
+
+
+@contextmanager
+def writing(path: Path, cfg: TrainConfig) -> Iterator[None]:
+    """Turn a failed write of a run's file (full disk, lost permission) into one line with the fix; the file
+    itself is written atomically, so the last complete one stays and no temporary file is left."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = "free some space"
+        elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            fix = "check the folder's permissions"
+        else:
+            fix = "check the disk"
+        raise DiffgenError(f"{path}: cannot write ({e.strerror}); {fix}, then continue from the last checkpoint "
+                           f"with: {resume_command(cfg)}") from None
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    activations: int  # bytes autograd keeps for the backward pass of one micro-batch, in fp32
+    weights: int  # bytes of weights, gradients, AdamW's two moments and the EMA (fp32)
+
+
+def training_memory(unet: UNetConfig, image_size: int, micro: int) -> MemoryNeed:
+    """What one training step of this U-Net needs: it runs on the meta device (shapes only, no data, no
+    memory), adding up the tensors autograd saves for the backward pass, which dominate the peak."""
+    with torch.device("meta"):
+        net = UNet(unet)
+        x = torch.empty(micro, unet.in_channels, image_size, image_size)
+        t = torch.zeros(micro, dtype=torch.long)
+        labels = torch.zeros(micro, dtype=torch.long) if unet.num_classes else None
+        side = image_size // unet.pixel_shuffle
+        cond = torch.empty(micro, unet.cond_channels, side, side) if unet.cond_channels else None
+    params = {id(p) for p in net.parameters()}
+    saved: dict[int, Tensor] = {}  # by identity: a tensor saved by two operations is stored once
+
+    def pack(tensor: Tensor) -> Tensor:
+        if id(tensor) not in params:
+            saved[id(tensor)] = tensor
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        net(x, t, labels, cond)
+    activations = sum(tensor.numel() * tensor.element_size() for tensor in saved.values())
+    return MemoryNeed(activations, 5 * 4 * sum(p.numel() for p in net.parameters()))
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a new run on `device`: the GPU's free memory, or the machine's available memory
+    (MemAvailable, else the free physical pages); None where it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(spec: ModelSpec, cfg: TrainConfig, device: torch.device, ranks: Ranks) -> None:
+    """Refuse a run whose training step cannot fit in memory, with the estimate and the fix, rather than
+    be killed for it later. The estimate errs high (it counts every saved tensor), so only clear misfits
+    are refused."""
+    available = available_memory(device)
+    if available is None:
+        return
+    micro = cfg.batch_size // cfg.grad_accum // ranks.world
+    need = training_memory(spec.unet, cfg.image_size, micro)
+    activations = need.activations // (2 if trains_in_bf16(cfg.precision, device) else 1)
+    sharing = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1  # ranks on one machine
+    total = activations + need.weights
+    if sharing * total <= available:
+        return
+    fits = int((available / sharing - need.weights) // (activations / micro))
+    fix = (f"at most {fits} image(s) per micro-batch fit: raise --grad-accum (a micro-batch is --batch-size / "
+           "--grad-accum per process), or lower --batch-size or --image-size" if fits >= 1 else
+           "not even one image of this size fits: lower --image-size or choose a smaller --preset")
+    raise OptionError(
+        f"--image-size {cfg.image_size} --batch-size {cfg.batch_size} --grad-accum {cfg.grad_accum}: training needs "
+        f"about {gib(total)} ({gib(activations)} for a micro-batch of {micro}, {gib(need.weights)} for the weights "
+        f"and optimizer){f' in each of {sharing} processes' if sharing > 1 else ''}, and {gib(available)} is "
+        f"available on {device}; {fix}"
+    )
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB"
 
 
 def load_data(cfg: TrainConfig, notify: Callable[[Event], None]) -> tuple[TrainConfig, Dataset]:
@@ -544,12 +754,52 @@ def run_lock(out: Path, *, held: bool = True) -> Iterator[None]:
 
 def check_run_dir(out: Path, data_dir: Path, resume: bool) -> None:
     state = out / "state.safetensors"
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"--out {out}: is a file; choose a folder for the run")
     if resume and not state.exists():
+        if out.is_dir() and any(out.iterdir()) and no_checkpoint_yet(out):
+            raise OptionError(f"--resume: {out} has no checkpoint yet (its run stopped before the first save); "
+                              "start it again without --resume")
         raise OptionError(f"--resume: {state} does not exist; start a new run without --resume")
-    if not resume and out.exists() and any(p.name != LOCK for p in out.iterdir()):
+    if not resume and out.exists() and not no_checkpoint_yet(out):
         raise OptionError(f"--out {out}: already holds a run; pass --resume to continue it or choose a new folder")
     if out.resolve().is_relative_to(data_dir.resolve()):
         raise OptionError(f"--out {out}: is inside the data folder {data_dir}; put the run somewhere else")
+    check_writable(out)
+
+
+def check_writable(out: Path) -> None:
+    """Refuse an --out that cannot be written before any work: the nearest folder on its path that exists
+    decides (a read-only disk, or another user's folder)."""
+    folder = out.absolute()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OptionError(f"--out {out}: {folder} is a file, not a folder; choose another --out")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OptionError(f"--out {out}: cannot write in {folder} (read-only, or no permission); "
+                          "choose another --out or change the folder's permissions")
+
+
+def is_temp(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(".tmp")  # as files.atomic_write names them
+
+
+def no_checkpoint_yet(out: Path) -> bool:
+    """Whether `out` holds nothing but what a run stopped before its first checkpoint leaves: the lock, the
+    log, sample grids and temporary files. Such a run starts again from step 0 without --resume."""
+    early = {LOCK, "log.jsonl", "samples"}
+    samples = out / "samples"
+    return (all(p.name in early or is_temp(p) for p in out.iterdir())
+            and (not samples.is_dir() or all(p.suffix == ".png" or is_temp(p) for p in samples.iterdir())))
+
+
+def clear_leftovers(out: Path) -> bool:
+    """Remove what a run stopped before its first checkpoint left, so a new run starts clean; whether any."""
+    found = [p for p in [out / "log.jsonl", *out.glob(".*.tmp"), *out.glob("samples/*")] if p.is_file()]
+    for path in found:
+        path.unlink()
+    return bool(found)
 
 
 def check_data(data: Dataset, cfg: TrainConfig) -> None:
@@ -560,21 +810,36 @@ def check_data(data: Dataset, cfg: TrainConfig) -> None:
         )
 
 
-def append_log(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
+def append_log(path: Path, record: dict, cfg: TrainConfig) -> None:
+    with writing(path, cfg), open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
 def truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from, so steps never repeat."""
+    """Drop log lines written after the checkpoint we resume from, so steps never repeat, and lines torn
+    by a full disk or a crash mid-append, so the log stays readable."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    keep = [line for line in path.read_text(errors="replace").splitlines() if log_step(line) <= step]
     atomic_write(path, "".join(line + "\n" for line in keep).encode())
 
 
-def write_samples(out: Path, loaded: LoadedModel, data: Dataset, cfg: TrainConfig, step: int) -> None:
-    """A fixed-seed grid from the EMA model: one row per class, or bicubic | model | HR rows."""
+def log_step(line: str) -> float:
+    """The step of a log line; infinity for a torn or foreign one, which `truncate_log` drops."""
+    try:
+        record = json.loads(line)
+        return float(record["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def grid_size(spec: ModelSpec, data: Dataset) -> int:
+    """How many images `write_samples` draws: 8 per class, or one per upscaled crop."""
+    return min(4, len(data)) if spec.task is Task.UPSCALE else 8 * max(1, len(spec.class_names))
+
+
+def write_samples(out: Path, loaded: LoadedModel, data: Dataset, cfg: TrainConfig, step: int) -> Path:
+    """A fixed-seed grid from the EMA model: one row per class, or bicubic | model | HR rows; returns its path."""
     spec = loaded.spec
     if spec.task is Task.UPSCALE:
         hr = to_model_range(aux_batches(data, cfg, min(4, len(data))).get(0)[0])
@@ -588,4 +853,6 @@ def write_samples(out: Path, loaded: LoadedModel, data: Dataset, cfg: TrainConfi
         labels = [r for r in range(rows) for _ in range(ncols)] if spec.class_names else None
         images = sample_batch(loaded, list(range(rows * ncols)), labels, steps=cfg.sample_steps)
         tiles = [tensor_to_pil(x) for x in images]
-    save_image(make_grid(tiles, ncols), out / "samples" / f"step_{step:06d}.png", overwrite=True)
+    path = out / "samples" / f"step_{step:06d}.png"
+    save_image(make_grid(tiles, ncols), path, overwrite=True)
+    return path
