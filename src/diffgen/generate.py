@@ -6,6 +6,7 @@ run of 4 images is a prefix of the same run with 16 (EDM's per-seed generators, 
 
 from __future__ import annotations
 
+import difflib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,14 +38,20 @@ def image_seed(run_seed: int, index: int) -> int:
     return derived_seed(run_seed, index)
 
 
-def class_index(spec_class_names: tuple[str, ...], name: str) -> int:
-    """A class given by name or by index."""
-    if name in spec_class_names:
-        return spec_class_names.index(name)
-    if name.isdigit() and int(name) < len(spec_class_names):
+def class_index(class_names: tuple[str, ...], name: str) -> int:
+    """A class given by name (in any case) or by index."""
+    if name in class_names:
+        return class_names.index(name)
+    folded, wanted = [c.casefold() for c in class_names], name.casefold()
+    if folded.count(wanted) == 1:
+        return folded.index(wanted)
+    if name.isdigit() and int(name) < len(class_names):
         return int(name)
-    allowed = ", ".join(spec_class_names) if spec_class_names else "none (the model is unconditional)"
-    raise OptionError(f"--class {name}: the model has no such class; choose from: {allowed}")
+    if not class_names:
+        raise OptionError(f"--class {name}: the model is unconditional; leave out --class")
+    near = [c for c in folded if c.startswith(wanted)] or difflib.get_close_matches(wanted, folded, n=1)
+    hint = f"did you mean {class_names[folded.index(near[0])]}? " if near else ""
+    raise OptionError(f"--class {name}: the model has no such class; {hint}choose from: {', '.join(class_names)}")
 
 
 def sample_batch(
