@@ -348,18 +348,6 @@ def test_option_defaults_mirror_the_core():
         assert (generation, upscaling) == (shown(getattr(TrainConfig, name)), shown(value))
 
 
-def test_grid_has_one_row_per_class_when_classes_are_even():
-    from diffgen.generate import Generated, grid_layout
-
-    def made(labels):
-        return [Generated(Image.new("L", (1, 1), i), i, i, label) for i, label in enumerate(labels)]
-
-    images, ncols = grid_layout(made([0, 1, 2, 0, 1, 2]))
-    assert ncols == 2 and [img.getpixel((0, 0)) for img in images] == [0, 3, 1, 4, 2, 5]
-    assert grid_layout(made([0, 1, 0]))[1] == 3  # uneven: rows of up to 8, in the order made
-    assert grid_layout(made([None] * 10))[1] == 8
-
-
 @pytest.mark.parametrize(("command", "default"), [("upscale", "upscale-x4"), ("eval-upscale", "automatic"),
                                                   ("train", "the preset's"), ("generate", "the sampler's")])
 def test_help_shows_defaults_written_as_words(command, default):

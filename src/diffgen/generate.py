@@ -7,6 +7,7 @@ run of 4 images is a prefix of the same run with 16 (EDM's per-seed generators, 
 from __future__ import annotations
 
 import difflib
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,14 +137,26 @@ def write_images(
     return paths
 
 
+
+MAX_GRID_ASPECT = 3  # a grid of a row per class may be this many times as long as wide, or as tall
+
+
 def grid_layout(images: list[Generated]) -> tuple[list[Image.Image], int]:
-    """The grid's images in order and its number of columns: one row per class when several classes have
-    equally many images, else rows of 8 in the order made."""
+    """The grid's images in order and its number of columns.
+
+    A row per class when several classes have equally many images, two or more each, and those rows make a
+    grid at most MAX_GRID_ASPECT times as long as wide; else a near-square grid in the order made."""
     counts = Counter(g.label for g in images)
-    if len(counts) > 1 and None not in counts and len(set(counts.values())) == 1:
+    rows, per_row = len(counts), len(images) // len(counts)
+    even = rows > 1 and None not in counts and len(set(counts.values())) == 1
+    if even and per_row > 1 and max(rows, per_row) <= MAX_GRID_ASPECT * min(rows, per_row):
         by_class = sorted(images, key=lambda g: (g.label, g.index))
-        return [g.image for g in by_class], len(images) // len(counts)
-    return [g.image for g in images], min(8, len(images))
+        return [g.image for g in by_class], per_row
+    return [g.image for g in images], near_square_columns(len(images))
+
+
+def near_square_columns(n: int) -> int:
+    return math.isqrt(n - 1) + 1  # ceil(sqrt(n))
 
 
 def check_outputs_free(out_dir: Path, n: int, fmt: str, grid: Path | None) -> None:
