@@ -51,11 +51,14 @@ def test_generate_writes_numbered_pngs_and_a_grid(generator_run, tmp_path):
     assert (tmp_path / "grid.png").is_file()
 
 
-def test_generate_refuses_to_overwrite(generator_run, tmp_path):
+def test_generate_never_replaces_without_overwrite(generator_run, tmp_path):
     args = ("generate", "--model", generator_run, "--n", 1, "--out", tmp_path, "--steps", 1)
     assert invoke(*args).exit_code == 0
     before = (tmp_path / "00000.png").read_bytes()
     r = invoke(*args)
+    assert r.exit_code == 0 and "images up to 0" in r.output  # a second run numbers after the first
+    assert (tmp_path / "00000.png").read_bytes() == before and (tmp_path / "00001.png").is_file()
+    r = invoke(*args, "--start", 0)
     assert r.exit_code == 1 and "already exists" in r.output
     assert (tmp_path / "00000.png").read_bytes() == before
 
@@ -182,7 +185,7 @@ def test_internal_errors_are_one_line_with_a_debug_hint(generator_run, tmp_path,
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(diffgen.generate, "generate_images", broken)
+    monkeypatch.setattr(diffgen.generate, "write_run", broken)
     r = invoke("generate", "--model", generator_run, "--out", tmp_path / "o")
     assert r.exit_code == 1 and "internal error: RuntimeError: boom" in r.output and "--debug" in r.output
     assert "Traceback" not in r.output
