@@ -256,3 +256,32 @@ def test_an_unwritable_output_folder_is_one_line_naming_it(model_file, tmp_path,
     r = run(model_file, "--n", 1, "--out", tmp_path / "file")
     assert r.exit_code == 1 and "not a folder" in r.output and "internal error" not in r.output
 
+
+# --- memory ---------------------------------------------------------------------------------------------------
+
+def test_a_batch_that_does_not_fit_is_capped_and_the_note_gives_the_estimate(model_file, tmp_path, monkeypatch):
+    loaded = load_model(model_file)
+    per_image = generate.image_bytes(loaded.spec)
+    assert generate.image_bytes(loaded.spec, guided=True) == 2 * per_image
+    monkeypatch.setattr(generate, "available_memory", lambda device: int(10.5 * per_image / generate.MEMORY_SHARE))
+    r = run(model_file, "--n", 30, "--batch-size", 100000, "--out", tmp_path / "capped")
+    assert r.exit_code == 0, r.output
+    assert "--batch-size 100000" in r.output and "using --batch-size 10" in r.output and "free" in r.output
+    assert len(names(tmp_path / "capped")) == 30
+
+
+def test_a_model_too_big_for_one_image_is_refused_with_the_estimate(model_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(generate, "available_memory", lambda device: 1000)
+    r = run(model_file, "--n", 2, "--out", tmp_path / "o")
+    assert r.exit_code == 1 and "needs about" in r.output and "free" in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_estimate_grows_with_the_image_and_the_network(model_file):
+    spec = load_model(model_file).spec
+    from dataclasses import replace
+
+    bigger = replace(spec, image_size=16)
+    wider = replace(spec, unet=replace(spec.unet, base_channels=16))
+    assert generate.image_bytes(bigger) == 4 * generate.image_bytes(spec)  # activations scale with pixels
+    assert generate.image_bytes(wider) == 2 * generate.image_bytes(spec)  # and with width

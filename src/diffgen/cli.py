@@ -352,7 +352,7 @@ def generate(
     spacing: Annotated[Optional[SpacingOpt], typer.Option(help="Timestep spacing.", show_default="the sampler's")] = None,
     class_: Annotated[Optional[list[str]], typer.Option("--class", help="Class name or index; repeat for several; default: all in turn.")] = None,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance weight w; 0 is none.")] = 0.0,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass; fewer if a batch would not fit in memory.")] = 16,
     grid: Annotated[Optional[Path], typer.Option(help="Write all images as one grid to this file (alone, unless --out is given).")] = None,
     format: Annotated[FormatOpt, typer.Option("--format", help="Image format.")] = FormatOpt.png,
     precision: Annotated[PrecisionOpt, typer.Option(help=PRECISION_HELP)] = PrecisionOpt.auto,
@@ -369,7 +369,8 @@ def generate(
     from diffgen.checkpoint import Task  # noqa: PLC0415
     from diffgen.errors import OptionError  # noqa: PLC0415
     from diffgen.generate import (  # noqa: PLC0415
-        GenerationInterrupted, Outputs, Recipe, check_outputs, class_index, first_index, index_span, write_run,
+        GenerationInterrupted, Outputs, Recipe, check_outputs, class_index, first_index, fit_batch_size, index_span,
+        write_run,
     )
     from diffgen.models import open_model  # noqa: PLC0415
     from diffgen.samplers import Sampler, Spacing  # noqa: PLC0415
@@ -385,16 +386,18 @@ def generate(
     if steps > loaded.spec.num_timesteps:
         raise OptionError(f"--steps {steps}: this model has {loaded.spec.num_timesteps} timesteps; use at most that")
     classes = tuple(class_index(loaded.spec.class_names, c) for c in class_ or ())
+    batch, note = fit_batch_size(loaded, batch_size, n, guided=guidance > 0 and bool(loaded.spec.class_names))
     folder = out if out is not None or grid is not None else Path("generated")
     outputs = Outputs(folder, first_index(folder, start, overwrite), n, grid, overwrite)
     check_outputs(outputs, format.value, loaded.spec.image_size)
-    if note := continuing(outputs, start):
-        console_err.print(labelled("note:", "yellow", note), highlight=False, soft_wrap=True)
+    for line in (note, continuing(outputs, start)):
+        if line:
+            console_err.print(labelled("note:", "yellow", line), highlight=False, soft_wrap=True)
     recipe = Recipe.of(loaded, seed=seed, steps=steps, sampler=Sampler(sampler.value),
                        spacing=spacing and Spacing(spacing.value), classes=classes, guidance=guidance, fmt=format.value)
     with ItemProgress("generating", n) as advance:
         try:
-            write_run(loaded, recipe, outputs, batch_size=batch_size, callback=advance)
+            write_run(loaded, recipe, outputs, batch_size=batch, callback=advance)
         except GenerationInterrupted as e:  # asked for, and what was made is kept: not an error
             console_err.print(str(e), style="yellow", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from diffgen.checkpoint import LoadedModel
+from diffgen.checkpoint import LoadedModel, ModelSpec
 from diffgen.data import derived_seed
 from diffgen.denoiser import make_denoiser
 from diffgen.errors import DiffgenError, ImageError, OptionError
@@ -369,3 +369,81 @@ def grid_layout(images: list[Generated]) -> tuple[list[Image.Image], int]:
 def near_square_columns(n: int) -> int:
     return math.isqrt(n - 1) + 1  # ceil(sqrt(n))
 
+
+# --- memory ------------------------------------------------------------------------------------------------
+
+MEMORY_SHARE = 0.8  # of the free memory one batch may take: the rest is allocator slack and everything else
+WORKING_COPIES = 4  # tensors the size of a block's input plus output alive at once (about 3.5 measured on a CPU)
+
+
+def image_bytes(spec: ModelSpec, *, guided: bool = False) -> int:
+    """Estimated peak memory of one image in one denoising pass, from the U-Net's shape.
+
+    The skip tensors the down path keeps for the up path, plus the working tensors of the largest block,
+    in float32 (an upper bound under bf16 autocast). Guidance runs each image twice."""
+    cfg = spec.unet
+    side = spec.image_size // cfg.pixel_shuffle
+    widths = [cfg.base_channels * m for m in cfg.channel_mults]
+    areas = [(side >> level) ** 2 for level in range(len(widths))]
+    skips = (widths[0] * areas[0] + sum(cfg.num_res_blocks * w * a for w, a in zip(widths, areas))
+             + sum(w * a for w, a in zip(widths[:-1], areas[1:])))  # conv_in, res blocks, downsamples
+    # An up block takes the level below's output joined with a skip and gives its own level's width.
+    below = widths[1:] + widths[-1:]
+    block = max((b + 2 * w) * a for w, b, a in zip(widths, below, areas))
+    return 4 * (skips + WORKING_COPIES * block) * (2 if guided else 1)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a batch on `device`, None where that cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    known = [b for b in (meminfo_available(), cgroup_headroom()) if b is not None]
+    return min(known, default=None)
+
+
+def meminfo_available() -> int | None:
+    """MemAvailable of /proc/meminfo (Linux): free memory plus caches the kernel can drop."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def cgroup_headroom() -> int | None:
+    """What the container's memory limit (cgroup v2 or v1) still allows; past it the process is killed."""
+    root = Path("/sys/fs/cgroup")
+    v1 = ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")
+    for limit, usage in (("memory.max", "memory.current"), v1):
+        try:
+            return int((root / limit).read_text()) - int((root / usage).read_text())
+        except (OSError, ValueError):  # no such file, or "max": no limit
+            continue
+    return None
+
+
+def fit_batch_size(loaded: LoadedModel, batch_size: int, n: int, *, guided: bool) -> tuple[int, str | None]:
+    """The batch size to sample with, and a note when it is fewer images than asked because a batch would not fit
+    in free memory. Refuses when not even one image fits."""
+    device = next(loaded.model.parameters()).device
+    batch, free = min(batch_size, n), available_memory(device)
+    per_image = image_bytes(loaded.spec, guided=guided)
+    if free is None or per_image * batch <= free * MEMORY_SHARE:
+        return batch, None
+    fits = int(free * MEMORY_SHARE // per_image)
+    if fits < 1:
+        raise DiffgenError(f"one image of this model needs about {size_text(per_image)} of memory and "
+                           f"{size_text(free)} is free on {device}; free some memory or use a machine with more")
+    return fits, (f"--batch-size {batch_size}: a batch would need about {size_text(per_image * batch)} and "
+                  f"{size_text(free)} is free on {device}; using --batch-size {fits}")
+
+
+def size_text(nbytes: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{int(nbytes)} bytes"
