@@ -53,11 +53,14 @@ def test_generate_writes_numbered_pngs_and_a_grid(generator_run, tmp_path):
     assert (tmp_path / "grid.png").is_file()
 
 
-def test_generate_refuses_to_overwrite(generator_run, tmp_path):
+def test_generate_never_replaces_without_overwrite(generator_run, tmp_path):
     args = ("generate", "--model", generator_run, "--n", 1, "--out", tmp_path, "--steps", 1)
     assert invoke(*args).exit_code == 0
     before = (tmp_path / "00000.png").read_bytes()
     r = invoke(*args)
+    assert r.exit_code == 0 and "images up to 0" in r.output  # a second run numbers after the first
+    assert (tmp_path / "00000.png").read_bytes() == before and (tmp_path / "00001.png").is_file()
+    r = invoke(*args, "--start", 0)
     assert r.exit_code == 1 and "already exists" in r.output
     assert (tmp_path / "00000.png").read_bytes() == before
 
@@ -187,7 +190,7 @@ def test_internal_errors_are_one_line_with_a_debug_hint(generator_run, tmp_path,
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(diffgen.generate, "generate_images", broken)
+    monkeypatch.setattr(diffgen.generate, "write_run", broken)
     r = invoke("generate", "--model", generator_run, "--out", tmp_path / "o")
     assert r.exit_code == 1 and "internal error: RuntimeError: boom" in r.output and "--debug" in r.output
     assert "Traceback" not in r.output
@@ -351,18 +354,6 @@ def test_option_defaults_mirror_the_core():
     for name, value in UPSCALE_DEFAULTS.items():  # shown as "generation default; upscale: value"
         generation, upscaling = train_options[name].__metadata__[0].show_default.split("; upscale: ")
         assert (generation, upscaling) == (shown(getattr(TrainConfig, name)), shown(value))
-
-
-def test_grid_has_one_row_per_class_when_classes_are_even():
-    from diffgen.generate import Generated, grid_layout
-
-    def made(labels):
-        return [Generated(Image.new("L", (1, 1), i), i, i, label) for i, label in enumerate(labels)]
-
-    images, ncols = grid_layout(made([0, 1, 2, 0, 1, 2]))
-    assert ncols == 2 and [img.getpixel((0, 0)) for img in images] == [0, 3, 1, 4, 2, 5]
-    assert grid_layout(made([0, 1, 0]))[1] == 3  # uneven: rows of up to 8, in the order made
-    assert grid_layout(made([None] * 10))[1] == 8
 
 
 @pytest.mark.parametrize(("command", "default"), [("upscale", "upscale-x4"), ("eval-upscale", "automatic"),

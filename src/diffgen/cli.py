@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.text import Text
 
 if TYPE_CHECKING:
+    from diffgen.generate import Outputs
     from diffgen.train import TrainConfig
 
 app = typer.Typer(
@@ -445,29 +446,35 @@ def report_done(message: str) -> None:
 def generate(
     model: Annotated[Optional[str], typer.Option(help="Bundled name, .safetensors file or run folder.", show_default="digits")] = None,
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 16,
-    out: Annotated[Path, typer.Option(help="Folder for the numbered images.")] = Path("generated"),
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the numbered images.", show_default="generated; none with --grid")] = None,
+    start: Annotated[Optional[int], typer.Option(help="Index of the first image (and its seed and class).", show_default="after the images in --out")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Number from 0 (or --start) and replace existing files.")] = False,
     seed: Annotated[int, typer.Option(help="Run seed; image i gets its own seed from it.")] = 0,
     steps: Annotated[int, typer.Option(help="Sampling steps.")] = 10,
     sampler: Annotated[SamplerOpt, typer.Option(help="Sampler.")] = SamplerOpt.unipc,
     spacing: Annotated[Optional[SpacingOpt], typer.Option(help="Timestep spacing.", show_default="the sampler's")] = None,
     class_: Annotated[Optional[list[str]], typer.Option("--class", help="Class name or index; repeat for several; default: all in turn.")] = None,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance weight w; 0 is none.")] = 0.0,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
-    grid: Annotated[Optional[Path], typer.Option(help="Also write all images as one grid to this file.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass; fewer if a batch would not fit in memory.")] = 16,
+    grid: Annotated[Optional[Path], typer.Option(help="Write all images as one grid to this file (alone, unless --out is given).")] = None,
     format: Annotated[FormatOpt, typer.Option("--format", help="Image format.")] = FormatOpt.png,
     precision: Annotated[PrecisionOpt, typer.Option(help=PRECISION_HELP)] = PrecisionOpt.auto,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
-    """Generate images with a trained model.
+    """Generate images with a trained model. A second run into the same folder numbers its new images after the
+    old ones; each PNG records the command that remakes it.
 
     Examples:
       diffgen generate --n 16 --out imgs/
       diffgen generate --model runs/digits --class 7 --n 8 --out sevens/ --grid sevens.png
+      diffgen generate --start 5 --n 1 --seed 0
     """
     from diffgen.checkpoint import Task  # noqa: PLC0415
     from diffgen.errors import OptionError  # noqa: PLC0415
-    from diffgen.generate import check_outputs_free, class_index, generate_images, write_images  # noqa: PLC0415
-    from diffgen.hub import model_identity  # noqa: PLC0415
+    from diffgen.generate import (  # noqa: PLC0415
+        GenerationInterrupted, Outputs, Recipe, check_outputs, class_index, first_index, fit_batch_size, index_span,
+        write_run,
+    )
     from diffgen.models import open_model  # noqa: PLC0415
     from diffgen.samplers import Sampler, Spacing  # noqa: PLC0415
     from diffgen.train import pick_device  # noqa: PLC0415
@@ -481,19 +488,37 @@ def generate(
     loaded = with_precision(open_model(model, Task.GENERATE, pick_device(device)), precision)
     if steps > loaded.spec.num_timesteps:
         raise OptionError(f"--steps {steps}: this model has {loaded.spec.num_timesteps} timesteps; use at most that")
-    classes = [class_index(loaded.spec.class_names, c) for c in class_] if class_ else None
-    check_outputs_free(out, n, format.value, grid)
-    out.mkdir(parents=True, exist_ok=True)
+    classes = tuple(class_index(loaded.spec.class_names, c) for c in class_ or ())
+    batch, note = fit_batch_size(loaded, batch_size, n, guided=guidance > 0 and bool(loaded.spec.class_names))
+    folder = out if out is not None or grid is not None else Path("generated")
+    outputs = Outputs(folder, first_index(folder, start, overwrite), n, grid, overwrite)
+    check_outputs(outputs, format.value, loaded.spec.image_size)
+    for line in (note, continuing(outputs, start)):
+        if line:
+            console_err.print(labelled("note:", "yellow", line), highlight=False, soft_wrap=True)
+    recipe = Recipe.of(loaded, seed=seed, steps=steps, sampler=Sampler(sampler.value),
+                       spacing=spacing and Spacing(spacing.value), classes=classes, guidance=guidance, fmt=format.value)
     with ItemProgress("generating", n) as advance:
-        images = generate_images(
-            loaded, n, classes=classes, seed=seed, steps=steps, sampler=Sampler(sampler.value),
-            spacing=spacing and Spacing(spacing.value), guidance=guidance, batch_size=batch_size, callback=advance,
-        )
-    settings = {**model_identity(loaded.path), "sampler": sampler.value,
-                "spacing": spacing.value if spacing else "default", "steps": str(steps), "guidance": str(guidance),
-                "precision": loaded.precision, "run_seed": str(seed)}
-    paths = write_images(images, out, fmt=format.value, info=settings, class_names=loaded.spec.class_names, grid=grid)
-    report_done(f"{len(paths)} images in {out}" + (f", grid {grid}" if grid else ""))
+        try:
+            write_run(loaded, recipe, outputs, batch_size=batch, callback=advance)
+        except GenerationInterrupted as e:  # asked for, and what was made is kept: not an error
+            console_err.print(str(e), style="yellow", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+    made = f"{plural(n, 'image')} in {folder} ({index_span(outputs.start, n)})" + (f", grid {grid}" if grid else "")
+    made = made if folder else f"a grid of {plural(n, 'image')} in {grid}"
+    report_done(f"{made} on {next(loaded.model.parameters()).device}")
+
+
+def continuing(outputs: Outputs, start: int | None) -> str | None:
+    """The note when a run numbers its images after those already in its folder."""
+    if start is not None or not outputs.start:
+        return None
+    return (f"{outputs.folder} already holds images up to {outputs.start - 1}; numbering goes on at {outputs.start} "
+            "(--overwrite starts again at 0)")
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("s" if count != 1 else "")
 
 
 class ItemProgress:

@@ -1,24 +1,32 @@
-"""Sampling new images from a generation model, reproducibly image by image.
+"""Sampling new images from a generation model, reproducibly image by image, and writing them as they come.
 
-Image i of a run starts from noise drawn with its own seed, derived from the run's seed and i, so a
-run of 4 images is a prefix of the same run with 16 (EDM's per-seed generators, Karras et al. 2022).
+Image i of a run starts from noise drawn with its own seed, derived from the run's seed and i, and takes
+the class at position i of the class cycle, so a run of 4 images is a prefix of the same run with 16, and
+`--start 5 --n 1` remakes image 5 alone (EDM's per-seed generators, Karras et al. 2022). Images are
+written batch by batch: an interrupted run keeps what it made, and a rerun continues the numbering.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
+import os
+import re
+import shlex
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from diffgen.checkpoint import LoadedModel
+from diffgen.checkpoint import LoadedModel, ModelSpec
 from diffgen.data import derived_seed
 from diffgen.denoiser import make_denoiser
-from diffgen.errors import ImageError, OptionError
-from diffgen.images import FORMATS, make_grid, save_image, tensor_to_pil
+from diffgen.errors import DiffgenError, ImageError, OptionError
+from diffgen.hub import model_identity, origin
+from diffgen.images import FORMATS, make_grid, max_pixels, save_image, tensor_to_pil
 from diffgen.samplers import Sampler, Spacing, randn_like, sample
 
 Progress = Callable[[int, int], None]  # (images done, total)
@@ -32,20 +40,34 @@ class Generated:
     label: int | None  # class index, None for an unconditional model
 
 
+class GenerationInterrupted(DiffgenError):
+    """Generation stopped on Ctrl-C; the message says what was written and the command that continues."""
+
+    exit_code = 130
+
+
 def image_seed(run_seed: int, index: int) -> int:
     """The seed of image `index` of a run: a hash, so neighbouring runs share no images."""
     return derived_seed(run_seed, index)
 
 
-def class_index(spec_class_names: tuple[str, ...], name: str) -> int:
-    """A class given by name or by index."""
-    if name in spec_class_names:
-        return spec_class_names.index(name)
-    if name.isdigit() and int(name) < len(spec_class_names):
+def class_index(class_names: tuple[str, ...], name: str) -> int:
+    """A class given by name (in any case) or by index."""
+    if name in class_names:
+        return class_names.index(name)
+    folded, wanted = [c.casefold() for c in class_names], name.casefold()
+    if folded.count(wanted) == 1:
+        return folded.index(wanted)
+    if name.isdigit() and int(name) < len(class_names):
         return int(name)
-    allowed = ", ".join(spec_class_names) if spec_class_names else "none (the model is unconditional)"
-    raise OptionError(f"--class {name}: the model has no such class; choose from: {allowed}")
+    if not class_names:
+        raise OptionError(f"--class {name}: the model is unconditional; leave out --class")
+    near = [c for c in folded if c.startswith(wanted)] or difflib.get_close_matches(wanted, folded, n=1)
+    hint = f"did you mean {class_names[folded.index(near[0])]}? " if near else ""
+    raise OptionError(f"--class {name}: the model has no such class; {hint}choose from: {', '.join(class_names)}")
 
+
+# --- sampling ---------------------------------------------------------------------------------------------
 
 def sample_batch(
     loaded: LoadedModel,
@@ -73,6 +95,33 @@ def sample_batch(
     return sample(sampler, denoise, x, schedule, steps, spacing=spacing, generator=generators, callback=callback)
 
 
+def iter_images(
+    loaded: LoadedModel,
+    n: int,
+    *,
+    start: int = 0,
+    classes: list[int] | None = None,
+    seed: int = 0,
+    steps: int = 10,
+    sampler: Sampler = Sampler.UNIPC,
+    spacing: Spacing | None = None,
+    guidance: float = 0.0,
+    batch_size: int = 16,
+) -> Iterator[list[Generated]]:
+    """Sample images start .. start+n-1 one batch at a time, so a long run never holds more than a batch.
+
+    Classes cycle through `classes` (default: all of the model's classes) by image index."""
+    num_classes = len(loaded.spec.class_names)
+    cycle = classes or list(range(num_classes))
+    for first in range(start, start + n, batch_size):
+        idx = list(range(first, min(start + n, first + batch_size)))
+        seeds = [image_seed(seed, i) for i in idx]
+        labels = [cycle[i % len(cycle)] for i in idx] if num_classes else None
+        batch = sample_batch(loaded, seeds, labels, steps=steps, sampler=sampler, spacing=spacing, guidance=guidance)
+        yield [Generated(tensor_to_pil(x), i, s, labels[j] if labels else None)
+               for j, (x, i, s) in enumerate(zip(batch, idx, seeds))]
+
+
 def generate_images(
     loaded: LoadedModel,
     n: int,
@@ -86,61 +135,315 @@ def generate_images(
     batch_size: int = 16,
     callback: Progress | None = None,
 ) -> list[Generated]:
-    """Sample n images. Classes cycle through `classes` (default: all of the model's classes)."""
-    num_classes = len(loaded.spec.class_names)
-    cycle = classes or list(range(num_classes))
+    """Sample n images into memory. Classes cycle through `classes` (default: all of the model's classes)."""
     results = []
-    for start in range(0, n, batch_size):
-        idx = list(range(start, min(n, start + batch_size)))
-        seeds = [image_seed(seed, i) for i in idx]
-        labels = [cycle[i % len(cycle)] for i in idx] if num_classes else None
-        batch = sample_batch(loaded, seeds, labels, steps=steps, sampler=sampler, spacing=spacing, guidance=guidance)
-        for j, i in enumerate(idx):
-            results.append(Generated(tensor_to_pil(batch[j]), i, seeds[j], labels[j] if labels else None))
+    for batch in iter_images(loaded, n, classes=classes, seed=seed, steps=steps, sampler=sampler, spacing=spacing,
+                             guidance=guidance, batch_size=batch_size):
+        results += batch
         if callback:
             callback(len(results), n)
     return results
 
 
-def output_paths(out_dir: Path, n: int, fmt: str) -> list[Path]:
-    return [Path(out_dir) / f"{i:05d}.{fmt}" for i in range(n)]
+# --- what makes a run, and the commands that replay it --------------------------------------------------
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides a run's images, held as the options that replay it: `command(i, 1)` remakes
+    image i alone, pixel for pixel on the same kind of device."""
+
+    model: str  # a --model value naming exactly this file: bundled name, Hub repo at its commit, or path
+    identity: dict[str, str]  # what PNGs record about the model (see hub.model_identity)
+    class_names: tuple[str, ...]  # the model's
+    seed: int = 0
+    steps: int = 10
+    sampler: Sampler = Sampler.UNIPC
+    spacing: Spacing | None = None
+    classes: tuple[int, ...] = ()  # the class cycle; () for all of the model's classes in turn
+    guidance: float = 0.0
+    precision: str = "fp32"  # as sampled: fp32 or bf16
+    device: str = "cpu"  # cpu or cuda: they round differently
+    fmt: str = "png"
+
+    @classmethod
+    def of(cls, loaded: LoadedModel, **settings) -> Recipe:
+        device = next(loaded.model.parameters()).device.type
+        return cls(model_option(loaded.path), model_identity(loaded.path), loaded.spec.class_names,
+                   precision=loaded.precision, device=device, **settings)
+
+    def sampling(self) -> dict:
+        """The keyword arguments of `iter_images` and `generate_images`."""
+        return {"classes": list(self.classes) or None, "seed": self.seed, "steps": self.steps,
+                "sampler": self.sampler, "spacing": self.spacing, "guidance": self.guidance}
+
+    def command(self, start: int, n: int, *extra: str) -> str:
+        """The shell command that makes images start .. start+n-1 of this run."""
+        args = ["diffgen", "generate", "--model", self.model, "--seed", str(self.seed), "--steps", str(self.steps),
+                "--sampler", self.sampler.value]
+        args += ["--spacing", self.spacing.value] if self.spacing else []
+        for c in self.classes:
+            args += ["--class", self.class_names[c]]
+        args += ["--guidance", str(self.guidance)] if self.guidance else []
+        args += ["--precision", self.precision, "--device", self.device]
+        args += ["--format", self.fmt] if self.fmt != "png" else []
+        return shlex.join([*args, "--start", str(start), "--n", str(n), *extra])
+
+    def text(self) -> dict[str, str]:
+        """The run's settings, as every image's PNG text records them."""
+        spacing = self.spacing.value if self.spacing else "default"
+        return {**self.identity, "sampler": self.sampler.value, "spacing": spacing, "steps": str(self.steps),
+                "guidance": str(self.guidance), "precision": self.precision, "run_seed": str(self.seed)}
 
 
-def write_images(
-    images: list[Generated],
-    out_dir: Path,
-    *,
-    fmt: str = "png",
-    info: dict[str, str],
-    class_names: tuple[str, ...] = (),
-    grid: Path | None = None,
-) -> list[Path]:
-    """Write numbered images (and optionally a grid) with the settings that made them in the PNG text."""
+def model_option(path: Path) -> str:
+    """A --model value that names exactly this file, wherever it came from."""
+    source = origin(path)
+    return f"{source['model']}@{source['commit']}" if source["source"] == "hub" else source["model"]
+
+
+# --- where a run writes ------------------------------------------------------------------------------------
+
+IMAGE_NAME = re.compile(r"(\d{5,})\.(" + "|".join(FORMATS) + ")")
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where a run writes: images start .. start+n-1 as numbered files in `folder` (None: none), a grid."""
+
+    folder: Path | None
+    start: int
+    n: int
+    grid: Path | None = None
+    overwrite: bool = False  # replace files that are there
+
+    def image_path(self, index: int, fmt: str) -> Path:
+        return Path(self.folder) / f"{index:05d}.{fmt}"
+
+
+def next_index(folder: Path) -> int:
+    """The number after the highest numbered image in `folder`, 0 for a new or empty one."""
+    if not Path(folder).is_dir():
+        return 0
+    numbers = [int(m[1]) for name in os.listdir(folder) if (m := IMAGE_NAME.fullmatch(name))]
+    return max(numbers, default=-1) + 1
+
+
+def first_index(folder: Path | None, start: int | None, overwrite: bool) -> int:
+    """Where the numbering starts: --start, else 0 with --overwrite, else after the images already there."""
+    if start is not None:
+        if start < 0:
+            raise OptionError(f"--start {start}: must be 0 or more")
+        return start
+    return 0 if folder is None or overwrite else next_index(folder)
+
+
+def check_outputs(outputs: Outputs, fmt: str, image_size: int) -> None:
+    """Refuse before sampling if a file the run would write is there (unless replacing), a folder cannot be
+    made, or the grid would be too big to hold."""
     if fmt not in FORMATS:
         raise OptionError(f"--format {fmt}: choose png, jpg or webp")
-    paths = output_paths(out_dir, len(images), fmt)
-    for g, path in zip(images, paths):
-        text = {**info, "seed": str(g.seed), "index": str(g.index)}
-        if g.label is not None:
-            text |= {"class": str(g.label), "class_name": class_names[g.label] if class_names else str(g.label)}
-        save_image(g.image, path, text=text)
-    if grid is not None:
-        save_image(make_grid(*grid_layout(images)), grid, text=info)
-    return paths
+    if outputs.grid is not None:
+        check_grid_size(outputs, image_size)
+        make_folder(Path(outputs.grid).parent, "--grid")
+        if Path(outputs.grid).exists() and not outputs.overwrite:
+            raise ImageError(f"{outputs.grid}: already exists; pass --overwrite to replace it or choose another --grid")
+    if outputs.folder is None:
+        return
+    make_folder(outputs.folder, "--out")
+    if outputs.overwrite:
+        return
+    there = set(os.listdir(outputs.folder))
+    for index in range(outputs.start, outputs.start + outputs.n):
+        if (path := outputs.image_path(index, fmt)).name in there:
+            raise ImageError(f"{path}: already exists; pass --overwrite to replace it, choose another --out, or leave "
+                             "out --start to number the new images after those there")
+
+
+def check_grid_size(outputs: Outputs, image_size: int) -> None:
+    """A grid over the pixel limit of images (DIFFGEN_MAX_PIXELS) would take gigabytes to hold and to write."""
+    ncols = near_square_columns(outputs.n)
+    side = image_size + GRID_PAD
+    pixels = (ncols * side + GRID_PAD) * (-(-outputs.n // ncols) * side + GRID_PAD)
+    if pixels > max_pixels():
+        raise OptionError(f"--grid {outputs.grid}: {outputs.n} images of {image_size}x{image_size} make a grid of "
+                          f"about {pixels:,} pixels, over the limit of {max_pixels():,}; use a smaller --n, leave "
+                          "out --grid, or raise DIFFGEN_MAX_PIXELS")
+
+
+def make_folder(folder: Path, option: str) -> None:
+    """Make an output folder, or say in one line why it cannot be."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ImageError(f"{option} {folder}: is a file, not a folder; choose a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ImageError(f"{option} {folder}: cannot make the folder ({e.strerror}); check the permissions of the "
+                         f"folder above it, or choose another {option}") from None
+    if not os.access(folder, os.W_OK):
+        raise ImageError(f"{option} {folder}: the folder is not writable; check its permissions or choose another "
+                         f"{option}")
+
+
+# --- writing a run -----------------------------------------------------------------------------------------
+
+def write_run(
+    loaded: LoadedModel, recipe: Recipe, outputs: Outputs, *, batch_size: int = 16, callback: Progress | None = None
+) -> int:
+    """Sample a run and write each batch as it is done, then the grid; returns the number of images made.
+
+    On Ctrl-C what is written stays, and GenerationInterrupted says how many and the command that continues."""
+    done, kept = 0, []
+    try:
+        for batch in iter_images(loaded, outputs.n, start=outputs.start, batch_size=batch_size, **recipe.sampling()):
+            for g in batch:
+                if outputs.folder is not None:  # else a grid alone
+                    save_image(g.image, outputs.image_path(g.index, recipe.fmt), text=image_text(recipe, g),
+                               overwrite=outputs.overwrite)
+                done += 1  # one by one: a continued run must start right after the last image written
+            kept += batch if outputs.grid is not None else []
+            if callback:
+                callback(done, outputs.n)
+    except KeyboardInterrupt:
+        raise GenerationInterrupted(interrupted(recipe, outputs, written(outputs, recipe.fmt, done))) from None
+    if outputs.grid is not None:
+        grid_text = recipe.text() | {"remake": recipe.command(outputs.start, outputs.n, "--grid", str(outputs.grid))}
+        grid_image = make_grid(*grid_layout(kept), pad=GRID_PAD)
+        save_image(grid_image, outputs.grid, text=grid_text, overwrite=outputs.overwrite)
+    return done
+
+
+def written(outputs: Outputs, fmt: str, done: int) -> int:
+    """How many images an interrupted run wrote: `done`, and one more if Ctrl-C came just as it was linked into
+    place (without --overwrite the run checked that these names were free, so a file there is its own)."""
+    if outputs.folder is None or outputs.overwrite:
+        return done
+    while done < outputs.n and outputs.image_path(outputs.start + done, fmt).exists():
+        done += 1
+    return done
+
+
+def image_text(recipe: Recipe, g: Generated) -> dict[str, str]:
+    """What a PNG records: the run's settings, the image's seed, index and class, and the command that remakes it."""
+    text = {**recipe.text(), "seed": str(g.seed), "index": str(g.index)}
+    if g.label is not None:
+        text |= {"class": str(g.label), "class_name": recipe.class_names[g.label]}
+    return text | {"remake": recipe.command(g.index, 1)}
+
+
+def interrupted(recipe: Recipe, outputs: Outputs, done: int) -> str:
+    """What an interrupted run says: what it kept and how to go on."""
+    if outputs.folder is None:
+        return "interrupted before the grid was written, which happens at the end; nothing was written"
+    kept = f" ({index_span(outputs.start, done)})" if done else ""
+    no_grid = "; the grid, written at the end, was not" if outputs.grid is not None else ""
+    extra = ["--out", str(outputs.folder)] + (["--overwrite"] if outputs.overwrite else [])
+    go_on = recipe.command(outputs.start + done, outputs.n - done, *extra)
+    return (f"interrupted: {done} of {outputs.n} images written{kept} in {outputs.folder}{no_grid}; "
+            f"continue with: {go_on}")
+
+
+def index_span(start: int, n: int) -> str:
+    """'image 5' or 'images 16-31'."""
+    return f"image {start}" if n == 1 else f"images {start}-{start + n - 1}"
+
+
+GRID_PAD = 2  # pixels between the images of a grid and around them
+MAX_GRID_ASPECT = 3  # a grid of a row per class may be this many times as long as wide, or as tall
 
 
 def grid_layout(images: list[Generated]) -> tuple[list[Image.Image], int]:
-    """The grid's images in order and its number of columns: one row per class when several classes have
-    equally many images, else rows of 8 in the order made."""
+    """The grid's images in order and its number of columns.
+
+    A row per class when several classes have equally many images, two or more each, and those rows make a
+    grid at most MAX_GRID_ASPECT times as long as wide; else a near-square grid in the order made."""
     counts = Counter(g.label for g in images)
-    if len(counts) > 1 and None not in counts and len(set(counts.values())) == 1:
+    rows, per_row = len(counts), len(images) // len(counts)
+    even = rows > 1 and None not in counts and len(set(counts.values())) == 1
+    if even and per_row > 1 and max(rows, per_row) <= MAX_GRID_ASPECT * min(rows, per_row):
         by_class = sorted(images, key=lambda g: (g.label, g.index))
-        return [g.image for g in by_class], len(images) // len(counts)
-    return [g.image for g in images], min(8, len(images))
+        return [g.image for g in by_class], per_row
+    return [g.image for g in images], near_square_columns(len(images))
 
 
-def check_outputs_free(out_dir: Path, n: int, fmt: str, grid: Path | None) -> None:
-    """Refuse before sampling if any file the run would write already exists."""
-    for path in output_paths(out_dir, n, fmt) + ([Path(grid)] if grid else []):
-        if path.exists():
-            raise ImageError(f"{path}: already exists; choose an empty --out folder")
+def near_square_columns(n: int) -> int:
+    return math.isqrt(n - 1) + 1  # ceil(sqrt(n))
+
+
+# --- memory ------------------------------------------------------------------------------------------------
+
+MEMORY_SHARE = 0.8  # of the free memory one batch may take: the rest is allocator slack and everything else
+WORKING_COPIES = 4  # tensors the size of a block's input plus output alive at once (about 3.5 measured on a CPU)
+
+
+def image_bytes(spec: ModelSpec, *, guided: bool = False) -> int:
+    """Estimated peak memory of one image in one denoising pass, from the U-Net's shape.
+
+    The skip tensors the down path keeps for the up path, plus the working tensors of the largest block,
+    in float32 (an upper bound under bf16 autocast). Guidance runs each image twice."""
+    cfg = spec.unet
+    side = spec.image_size // cfg.pixel_shuffle
+    widths = [cfg.base_channels * m for m in cfg.channel_mults]
+    areas = [(side >> level) ** 2 for level in range(len(widths))]
+    skips = (widths[0] * areas[0] + sum(cfg.num_res_blocks * w * a for w, a in zip(widths, areas))
+             + sum(w * a for w, a in zip(widths[:-1], areas[1:])))  # conv_in, res blocks, downsamples
+    # An up block takes the level below's output joined with a skip and gives its own level's width.
+    below = widths[1:] + widths[-1:]
+    block = max((b + 2 * w) * a for w, b, a in zip(widths, below, areas))
+    return 4 * (skips + WORKING_COPIES * block) * (2 if guided else 1)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a batch on `device`, None where that cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    known = [b for b in (meminfo_available(), cgroup_headroom()) if b is not None]
+    return min(known, default=None)
+
+
+def meminfo_available() -> int | None:
+    """MemAvailable of /proc/meminfo (Linux): free memory plus caches the kernel can drop."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def cgroup_headroom() -> int | None:
+    """What the container's memory limit (cgroup v2 or v1) still allows; past it the process is killed."""
+    root = Path("/sys/fs/cgroup")
+    v1 = ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")
+    for limit, usage in (("memory.max", "memory.current"), v1):
+        try:
+            return int((root / limit).read_text()) - int((root / usage).read_text())
+        except (OSError, ValueError):  # no such file, or "max": no limit
+            continue
+    return None
+
+
+def fit_batch_size(loaded: LoadedModel, batch_size: int, n: int, *, guided: bool) -> tuple[int, str | None]:
+    """The batch size to sample with, and a note when it is fewer images than asked because a batch would not fit
+    in free memory. Refuses when not even one image fits."""
+    device = next(loaded.model.parameters()).device
+    batch, free = min(batch_size, n), available_memory(device)
+    per_image = image_bytes(loaded.spec, guided=guided)
+    if free is None or per_image * batch <= free * MEMORY_SHARE:
+        return batch, None
+    fits = int(free * MEMORY_SHARE // per_image)
+    if fits < 1:
+        raise DiffgenError(f"one image of this model needs about {size_text(per_image)} of memory and "
+                           f"{size_text(free)} is free on {device}; free some memory or use a machine with more")
+    return fits, (f"--batch-size {batch_size}: a batch would need about {size_text(per_image * batch)} and "
+                  f"{size_text(free)} is free on {device}; using --batch-size {fits}")
+
+
+def size_text(nbytes: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{int(nbytes)} bytes"
