@@ -67,6 +67,29 @@ def open_image(path: Path, *, decode: bool = True) -> Image.Image:
         raise ImageError(f"{path}: {reason}; replace or remove the file") from None
 
 
+def is_complete_image(path: Path) -> bool:
+    """Whether an image file is whole: a PNG's chunk checksums, a JPEG's end marker, else a full decode.
+
+    For --skip-existing, so an output cut short (by a crash of another tool, a full disk, a copy) is redone.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = None  # as in open_image: an output may be larger than Pillow's limit
+            with Image.open(path) as img:
+                if img.format == "JPEG":
+                    with open(path, "rb") as f:
+                        f.seek(-2, os.SEEK_END)
+                        return f.read(2) == b"\xff\xd9"
+                if img.format == "PNG":
+                    img.verify()  # reads every chunk to IEND without decoding pixels
+                else:
+                    img.load()
+                return True
+    except Exception:  # Pillow raises many types for bad data
+        return False
+
+
 def to_mode(img: Image.Image, channels: int) -> Image.Image:
     """Convert any Pillow mode to L (1 channel), RGB (3) or RGBA (4)."""
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
@@ -117,7 +140,47 @@ def make_grid(images: list[Image.Image], ncols: int, pad: int = 2) -> Image.Imag
     return grid
 
 
-FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+# Output formats by file suffix or --format name, in any case: jpeg is jpg and tif is tiff.
+FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF", "bmp": "BMP"}
+SUFFIX_OF = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "TIFF": "tiff", "BMP": "bmp"}  # what diffgen names its files
+KEEPS_ALPHA = {"PNG", "WEBP", "TIFF"}
+KEEPS_16_BITS = {"PNG", "TIFF"}
+WRITABLE = ".png, .jpg, .webp, .tif or .bmp"
+
+
+def format_of(name: str) -> str | None:
+    """Pillow's name of the format a suffix or --format value names ('.JPEG', 'tif' -> 'JPEG', 'TIFF'), or None."""
+    return FORMATS.get(name.lower().lstrip("."))
+
+
+def has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+
+
+def fit_format(img: Image.Image, fmt: str) -> tuple[Image.Image, str | None]:
+    """The image as `fmt` can hold it, and a note on what that lost (16 bits, transparency), if anything."""
+    notes = []
+    if img.mode in GREY16 and fmt not in KEEPS_16_BITS:
+        img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8))
+        notes.append(f"kept 8 of the 16 bits: {fmt} has no more")
+    if fmt not in KEEPS_ALPHA and has_alpha(img):
+        img = img.convert("L" if img.mode == "LA" else "RGB")
+        notes.append(f"dropped the transparency: {fmt} has none")
+    elif fmt == "JPEG" and img.mode not in ("L", "RGB"):
+        img = img.convert("RGB")
+    return img, "; ".join(notes) or None
+
+
+def encoder_args(fmt: str, text: dict[str, str] | None, quality: int) -> dict:
+    """Format-specific options: PNG text chunks, JPEG/WebP quality, lossless compression for TIFF."""
+    if fmt == "PNG" and text:
+        info = PngImagePlugin.PngInfo()
+        for k, v in text.items():
+            info.add_text(k, v)
+        return {"pnginfo": info}
+    if fmt in ("JPEG", "WEBP"):
+        return {"quality": quality}
+    return {"compression": "tiff_lzw"} if fmt == "TIFF" else {}
 
 
 def save_image(
@@ -128,27 +191,20 @@ def save_image(
     overwrite: bool = False,
     quality: int = 95,
     **save_args,
-) -> None:
-    """Write an image atomically; the format follows the suffix. Refuses to replace a file unless `overwrite`."""
+) -> str | None:
+    """Write an image atomically; the format follows the suffix. Refuses to replace a file unless `overwrite`.
+
+    Returns a note on what the format could not keep (transparency, 16 bits), or None.
+    """
     path = Path(path)
-    fmt = FORMATS.get(path.suffix.lower().lstrip("."))
+    fmt = format_of(path.suffix)
     if fmt is None:
-        raise ImageError(f"{path}: unknown image format; use .png, .jpg or .webp")
+        raise ImageError(f"{path}: unknown image format; use {WRITABLE}")
     if not overwrite and path.exists():
         raise ImageError(f"{path}: already exists; pass --overwrite to replace it or choose another --out")
-    if fmt == "PNG" and text:
-        info = PngImagePlugin.PngInfo()
-        for k, v in text.items():
-            info.add_text(k, v)
-        save_args["pnginfo"] = info
-    if fmt != "PNG":
-        save_args["quality"] = quality
-        if img.mode in GREY16:  # only PNG keeps 16 bits
-            img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8))
-        if fmt == "JPEG" and img.mode not in ("L", "RGB"):
-            img = img.convert("RGB")
+    img, note = fit_format(img, fmt)
     buffer = io.BytesIO()
-    img.save(buffer, format=fmt, **save_args)
+    img.save(buffer, format=fmt, **save_args, **encoder_args(fmt, text, quality))
     try:
         atomic_write(path, buffer.getvalue(), overwrite=overwrite)
     except FileExistsError:
@@ -156,6 +212,7 @@ def save_image(
     except OSError as e:
         fix = "free some space" if e.errno == errno.ENOSPC else "check the folder's permissions"
         raise ImageError(f"{path}: cannot write ({e.strerror}); {fix} or choose another --out") from None
+    return note
 
 
 GREY16 = ("I;16", "I;16B", "I;16L", "I")

@@ -29,9 +29,19 @@ from torch import Tensor
 from diffgen.checkpoint import LoadedModel
 from diffgen.data import derived_seed, dihedral, undo_dihedral, upsample
 from diffgen.denoiser import make_denoiser
-from diffgen.errors import OptionError
+from diffgen.errors import ImageError, OptionError
 from diffgen.hub import model_identity
-from diffgen.images import IMAGE_SUFFIXES, carried_metadata, merge_planes, open_image, save_image, split_planes
+from diffgen.images import (
+    IMAGE_SUFFIXES,
+    SUFFIX_OF,
+    WRITABLE,
+    carried_metadata,
+    format_of,
+    merge_planes,
+    open_image,
+    save_image,
+    split_planes,
+)
 from diffgen.samplers import randn_like, sample_ddim
 
 # One step (the model's MMSE estimate) averaged over two mirror images beats two steps of one view, at
@@ -222,43 +232,112 @@ def upscale_file(
     callback: Progress | None = None,
 ) -> Upscaled:
     """Upscale one image file into `dst`, keeping its kind (grey, alpha, 16-bit), ICC profile and PNG text."""
+    make_folder(dst.parent)  # before the work: a folder that cannot be made fails in a moment, not after it
     img = open_image(src)
     out, note = upscale_image(loaded, img, tile=tile, sampling=sampling, callback=callback)
     keep = carried_metadata(img)
     text = keep.pop("text") | {"diffgen": f"upscale x{loaded.spec.scale}", **model_identity(loaded.path),
                                "steps": str(sampling.steps), "eta": str(sampling.eta), "samples": str(sampling.samples),
                                "seed": str(sampling.seed), "precision": loaded.precision}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    save_image(out, dst, text=text, overwrite=overwrite, quality=quality, **keep)
-    return Upscaled(src, dst, out.size, note)
+    lost = save_image(out, dst, text=text, overwrite=overwrite, quality=quality, **keep)
+    return Upscaled(src, dst, out.size, "; ".join(n for n in (note, lost) if n) or None)
 
 
-def collect_inputs(inputs: list[str], *, recursive: bool, suffix: str) -> list[Path]:
+def make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ImageError(f"{folder}: cannot create this folder ({e.strerror}); check the permissions of the "
+                         "folder above it or choose another --out") from None
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path  # an image file
+    folder: Path  # where it lies below the folder (or pattern) it was found in: mirrored under --out
+
+
+def collect_inputs(inputs: list[str], *, recursive: bool, suffix: str) -> list[Source]:
     """Expand files, folders and glob patterns into image files, in order, without duplicates."""
-    found: list[Path] = []
+    found: dict[Path, Source] = {}
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
-            found += sorted(
+            files = sorted(
                 p for p in path.glob(pattern)
                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(suffix)
             )
+            sources = [Source(p, p.parent.relative_to(path)) for p in files]
         elif path.exists() or not glob.has_magic(item):
-            found.append(path)  # a missing file is reported when it is opened
+            sources = [Source(path, Path())]  # a missing file is reported when it is opened
         else:
             matches = sorted(Path(p) for p in glob.glob(item, recursive=recursive) if Path(p).is_file())
             if not matches:
                 raise OptionError(f"{item}: no files match this pattern")
-            found += matches
-    return list(dict.fromkeys(found))
+            root = pattern_root(item)
+            sources = [Source(p, p.parent.relative_to(root)) for p in matches]
+        for source in sources:
+            found.setdefault(source.path, source)
+    return list(found.values())
 
 
-def output_path(src: Path, out: Path | None, *, suffix: str, fmt: str, many: bool) -> Path:
-    """Where the upscaled copy of `src` goes: beside it, into a folder, or to the file --out names."""
-    name = f"{src.stem}{suffix}.{fmt}"
-    if out is None:
-        return src.with_name(name)
-    if many or out.is_dir() or not out.suffix:
-        return out / name
-    return out
+def pattern_root(pattern: str) -> Path:
+    """The folder a glob pattern starts from: its parts before the first one with a wildcard."""
+    parts = Path(pattern).parts
+    literal = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    return Path(*parts[:literal]) if literal else Path()
+
+
+def count_of(n: int, noun: str) -> str:
+    """'1 image', '2 images'."""
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def out_is_file(out: Path | None) -> bool:
+    """--out names one file when it has an image suffix and is no existing folder ("v1.2" is a folder)."""
+    return out is not None and out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()
+
+
+def output_format(out: Path | None, fmt: str | None) -> str:
+    """Pillow's format of the outputs: an --out file's suffix sets it, else --format, else PNG."""
+    asked = format_of(fmt) if fmt else None
+    if not out_is_file(out):
+        return asked or "PNG"
+    own = format_of(out.suffix)
+    if own is None:
+        raise OptionError(f"--out {out}: diffgen cannot write {out.suffix} files; use {WRITABLE}")
+    if asked and asked != own:
+        raise OptionError(f"--out {out} and --format {fmt} disagree; leave out --format (the suffix sets the "
+                          "format) or change the suffix")
+    return own
+
+
+def plan_outputs(sources: list[Source], out: Path | None, *, suffix: str, fmt: str | None = None) -> list[tuple[Path, Path]]:
+    """(input, output) pairs: beside each input, mirrored under an --out folder, or the one --out file.
+
+    Refuses, before any work, two inputs that would write one output and an output that would replace its input.
+    """
+    fmt = output_format(out, fmt)
+    if out_is_file(out):
+        if len(sources) > 1:
+            raise OptionError(f"--out {out}: names one file, for {count_of(len(sources), 'image')}; give a folder "
+                              "(a name without an image suffix)")
+        plan = [(s.path, out) for s in sources]
+    else:
+        names = [f"{s.path.stem}{suffix}.{SUFFIX_OF[fmt]}" for s in sources]
+        plan = [(s.path, (s.path.parent if out is None else out / s.folder) / name) for s, name in zip(sources, names)]
+    check_distinct(plan)
+    return plan
+
+
+def check_distinct(plan: list[tuple[Path, Path]]) -> None:
+    written_by: dict[Path, Path] = {}
+    for src, dst in plan:
+        key = dst.resolve()
+        if key == src.resolve():
+            raise OptionError(f"{src}: its output would replace its own input; pass another --suffix or --out")
+        if key in written_by:
+            raise OptionError(f"{written_by[key]} and {src} would both be written to {dst}; rename one, or "
+                              "upscale them into different --out folders")
+        written_by[key] = src

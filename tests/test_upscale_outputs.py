@@ -1,0 +1,217 @@
+"""Where upscaled files go and what they hold: folder trees, formats, metadata, interruptions, memory."""
+
+import errno
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+import diffgen.files
+import diffgen.upscale
+from test_upscale import invoke, model_file, smooth_image  # noqa: F401 - model_file is a fixture
+
+FAST = ("--steps", 1, "--samples", 1)
+
+
+def upscale(*args):
+    return invoke("upscale", *args, *FAST)
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_recursive_folders_are_mirrored_under_out(model_file, tmp_path):
+    for name in ("DCIM/100APPLE/IMG_0001.png", "DCIM/101APPLE/IMG_0001.png", "DCIM/top.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        smooth_image(8, 8).save(tmp_path / name)
+    r = upscale(tmp_path / "DCIM", "--recursive", "--model", model_file, "--out", tmp_path / "big")
+    assert r.exit_code == 0, r.output
+    assert files_under(tmp_path / "big") == ["100APPLE/IMG_0001_x4.png", "101APPLE/IMG_0001_x4.png", "top_x4.png"]
+    r = upscale(str(tmp_path / "DCIM" / "**" / "*.png"), "--recursive", "--model", model_file, "--out", tmp_path / "g")
+    assert r.exit_code == 0, r.output
+    assert files_under(tmp_path / "g") == ["100APPLE/IMG_0001_x4.png", "101APPLE/IMG_0001_x4.png", "top_x4.png"]
+
+
+@pytest.mark.parametrize("flag", [None, "--overwrite", "--skip-existing"])
+def test_two_inputs_for_one_output_are_refused_before_any_work(model_file, tmp_path, flag):
+    smooth_image(8, 8).save(tmp_path / "a.png")
+    smooth_image(8, 8).save(tmp_path / "a.jpg")
+    smooth_image(8, 8).save(tmp_path / "b.png")
+    r = upscale(tmp_path, "--model", model_file, *([flag] if flag else []))
+    assert r.exit_code == 2, r.output
+    assert "a.png" in r.output and "a.jpg" in r.output and "a_x4.png" in r.output and "Traceback" not in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "a.png", "b.png"]  # not even b was done
+
+
+def test_an_output_that_would_replace_its_input_is_refused(model_file, tmp_path):
+    smooth_image(8, 8).save(tmp_path / "a.png")
+    before = (tmp_path / "a.png").read_bytes()
+    r = upscale(tmp_path / "a.png", "--model", model_file, "--suffix", "", "--overwrite")
+    assert r.exit_code == 2 and "its own input" in r.output
+    assert (tmp_path / "a.png").read_bytes() == before
+
+
+def test_an_out_file_suffix_sets_the_format_and_format_names_are_loose(model_file, tmp_path):
+    smooth_image(8, 8).save(tmp_path / "a.png")
+    base = (tmp_path / "a.png", "--model", model_file)
+    assert upscale(*base, "--out", tmp_path / "x.jpg").exit_code == 0
+    assert upscale(*base, "--out", tmp_path / "y.JPEG", "--format", "jpg").exit_code == 0
+    for name in ("x.jpg", "y.JPEG"):
+        with Image.open(tmp_path / name) as out:
+            assert out.format == "JPEG", name
+    r = upscale(*base, "--out", tmp_path / "z.png", "--format", "jpg")
+    assert r.exit_code == 2 and "--format jpg" in r.output and "z.png" in r.output
+    assert not (tmp_path / "z.png").exists()
+    for given, written, fmt in (("JPEG", "a_x4.jpg", "JPEG"), ("TIF", "a_x4.tiff", "TIFF"), ("bmp", "a_x4.bmp", "BMP"),
+                                ("Tiff", "a_x4.tiff", "TIFF")):
+        r = upscale(*base, "--format", given, "--overwrite")
+        assert r.exit_code == 0, (given, r.output)
+        with Image.open(tmp_path / written) as out:
+            assert (out.format, out.size) == (fmt, (32, 32)), given
+    r = upscale(*base, "--out", tmp_path / "x.gif")
+    assert r.exit_code == 2 and "x.gif" in r.output
+
+
+def test_several_inputs_with_a_file_out_is_one_error(model_file, tmp_path):
+    smooth_image(8, 8).save(tmp_path / "a.png")
+    smooth_image(8, 8).save(tmp_path / "b.png")
+    r = upscale(tmp_path / "a.png", tmp_path / "b.png", "--model", model_file, "--out", tmp_path / "one.png")
+    assert r.exit_code == 2 and "--out" in r.output and "one.png" in r.output and "2 images" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "one.png").exists()
+    # A folder name with a dot that is no image suffix is a folder.
+    assert upscale(tmp_path / "a.png", tmp_path / "b.png", "--model", model_file, "--out", tmp_path / "v1.2").exit_code == 0
+    assert files_under(tmp_path / "v1.2") == ["a_x4.png", "b_x4.png"]
+
+
+def test_tiff_keeps_16_bits_and_bmp_and_jpeg_say_they_drop_alpha(model_file, tmp_path):
+    Image.fromarray((np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)).save(tmp_path / "g16.png")
+    rgba = smooth_image(8, 8).convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(tmp_path / "t.png")
+    r = upscale(tmp_path / "g16.png", "--model", model_file, "--format", "tiff")
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "g16_x4.tiff") as out:
+        assert out.mode == "I;16" and np.asarray(out).max() > 255
+    for fmt in ("jpg", "bmp"):
+        r = upscale(tmp_path / "t.png", "--model", model_file, "--format", fmt)
+        assert r.exit_code == 0, r.output
+        assert "dropped the transparency" in r.output, fmt
+        with Image.open(tmp_path / f"t_x4.{fmt}") as out:
+            assert out.mode == "RGB"
+    r = upscale(tmp_path / "t.png", "--model", model_file, "--format", "webp")
+    assert "transparency" not in r.output
+
+
+def test_device_defaults_to_auto_and_the_summary_names_it(model_file, tmp_path):
+    import inspect
+
+    from diffgen import cli
+
+    for command in (cli.upscale, cli.eval_upscale):
+        assert inspect.signature(command).parameters["device"].default == "auto"
+    smooth_image(8, 8).save(tmp_path / "a.png")
+    r = upscale(tmp_path / "a.png", "--model", model_file)
+    assert r.exit_code == 0 and "1 image upscaled on cpu" in r.output, r.output
+    smooth_image(8, 8).save(tmp_path / "b.png")
+    r = upscale(tmp_path / "a.png", tmp_path / "b.png", "--model", model_file, "--skip-existing")
+    assert "1 image upscaled on cpu, 1 skipped, 0 failed" in r.output, r.output
+
+
+def test_the_image_bar_does_not_count_an_interrupted_image():
+    from diffgen.cli import BatchProgress
+
+    with pytest.raises(KeyboardInterrupt):
+        with BatchProgress(1) as progress:
+            progress.next_image("a.png")
+            raise KeyboardInterrupt
+    assert progress.bar.tasks[progress.images].completed == 0
+    with BatchProgress(2) as progress:
+        progress.next_image("a.png")
+        progress.image_done()
+        progress.next_image("b.png")
+        progress.image_done()
+    assert progress.bar.tasks[progress.images].completed == 2
+
+
+def test_sigterm_mid_write_stops_cleanly_and_says_how_to_continue(model_file, tmp_path, monkeypatch):
+    for name in ("a.png", "b.png", "c.png"):
+        smooth_image(8, 8).save(tmp_path / name)
+    writes = []
+
+    def fsync_then_terminated(fd):
+        writes.append(fd)
+        if len(writes) == 3:  # the second image's file (each write also fsyncs its folder)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(diffgen.files.os, "fsync", fsync_then_terminated)
+    r = upscale(tmp_path, "--model", model_file, "--out", tmp_path / "big")
+    assert r.exit_code == 143, r.output
+    assert "SIGTERM" in r.output and "1 image upscaled" in r.output and "--skip-existing" in r.output
+    assert "Traceback" not in r.output and "internal error" not in r.output
+    assert files_under(tmp_path / "big") == ["a_x4.png"]  # no temporary file left
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line_per_file(model_file, tmp_path, monkeypatch):
+    smooth_image(8, 8).save(tmp_path / "a.png")
+    smooth_image(8, 8).save(tmp_path / "b.png")
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if "locked" in self.parts:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    r = upscale(tmp_path / "a.png", tmp_path / "b.png", "--model", model_file, "--out", tmp_path / "locked" / "big")
+    assert r.exit_code == 1 and "internal error" not in r.output
+    assert "locked" in r.output and "permission" in r.output.lower() and "0 images upscaled" in r.output
+
+
+def test_eval_upscale_reports_a_bad_file_and_scores_the_rest(model_file, tmp_path):
+    smooth_image(48, 40).save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    r = invoke("eval-upscale", tmp_path, "--model", model_file, *FAST)
+    assert r.exit_code == 1, r.output
+    assert "bad.png: not an image" in r.output and "good.png" in r.output and "mean" in r.output
+    assert "on cpu" in r.output and "1 file of 2 could not be scored" in r.output
+    assert "internal error" not in r.output
+
+
+def test_skip_existing_redoes_a_truncated_output(model_file, tmp_path):
+    for name in ("a.png", "b.png"):
+        smooth_image(8, 8).save(tmp_path / name)
+    assert upscale(tmp_path / "a.png", tmp_path / "b.png", "--model", model_file).exit_code == 0
+    whole = (tmp_path / "b_x4.png").read_bytes()
+    (tmp_path / "b_x4.png").write_bytes(whole[: len(whole) // 2])  # as a crash of a copy leaves it
+    r = upscale(tmp_path / "a.png", tmp_path / "b.png", "--model", model_file, "--skip-existing")
+    assert r.exit_code == 0 and "1 image upscaled on cpu, 1 skipped" in r.output, r.output
+    assert "b_x4.png: incomplete or corrupt" in r.output
+    assert (tmp_path / "b_x4.png").read_bytes() == whole
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "webp", "tiff", "bmp"])
+def test_cut_files_are_incomplete_in_every_format(tmp_path, fmt):
+    from diffgen.images import is_complete_image
+
+    path = tmp_path / f"x.{fmt}"
+    smooth_image(64, 48).save(path)
+    assert is_complete_image(path)
+    path.write_bytes(path.read_bytes()[:-40])
+    assert not is_complete_image(path)
+
+
+def test_temporary_files_a_killed_write_left_are_removed_with_the_next_write(tmp_path):
+    from diffgen.files import atomic_write
+
+    left = [tmp_path / ".a_x4.png.k1ll3d_x.tmp", tmp_path / ".a_x4.png.zz9a8b7c.tmp"]
+    others = [tmp_path / ".b_x4.png.k1ll3d_x.tmp", tmp_path / ".a_x4.png.x.k1ll3d_x.tmp", tmp_path / "a_x4.png.tmp"]
+    for path in left + others:
+        path.write_bytes(b"half")
+    atomic_write(tmp_path / "a_x4.png", b"new", overwrite=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a_x4.png"] + [p.name for p in others])
