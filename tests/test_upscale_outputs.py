@@ -3,6 +3,7 @@
 import errno
 import os
 import signal
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -215,3 +216,103 @@ def test_temporary_files_a_killed_write_left_are_removed_with_the_next_write(tmp
         path.write_bytes(b"half")
     atomic_write(tmp_path / "a_x4.png", b"new", overwrite=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a_x4.png"] + [p.name for p in others])
+
+
+def camera_exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "Canon"  # Make
+    exif.get_ifd(0x8769)[0x9003] = "2024:05:06 07:08:09"  # DateTimeOriginal, in the Exif sub-IFD
+    return exif
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "webp", "tiff"])
+def test_exif_is_kept_with_the_orientation_reset(model_file, tmp_path, fmt):
+    smooth_image(16, 8).save(tmp_path / "cam.jpg", exif=camera_exif(6))
+    r = upscale(tmp_path / "cam.jpg", "--model", model_file, "--format", fmt)
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / f"cam_x4.{fmt}") as out:
+        assert out.size == (32, 64)  # turned upright once
+        exif = out.getexif()
+        assert exif[0x0112] == 1 and exif[0x010F] == "Canon"
+        if fmt != "tiff":  # Pillow's TIFF writer keeps the main tags only
+            assert exif.get_ifd(0x8769)[0x9003] == "2024:05:06 07:08:09"
+
+
+def test_exif_of_a_tiff_source_does_not_carry_its_layout(model_file, tmp_path):
+    smooth_image(16, 8).save(tmp_path / "scan.tif", exif=camera_exif(1))
+    assert upscale(tmp_path / "scan.tif", "--model", model_file).exit_code == 0
+    with Image.open(tmp_path / "scan_x4.png") as out:
+        exif = out.getexif()
+        assert exif[0x010F] == "Canon" and 256 not in exif and 273 not in exif  # no width, no strip offsets
+
+
+def float_tiff(path: Path, top: float) -> np.ndarray:
+    values = np.linspace(0, top, 16 * 12, dtype=np.float32).reshape(12, 16)
+    Image.fromarray(values, "F").save(path)
+    return values
+
+
+def test_a_float_image_in_0_1_is_scaled_by_1_for_training_and_upscaling(model_file, tmp_path):
+    from diffgen.images import open_image, split_planes, to_mode
+
+    values = float_tiff(tmp_path / "f.tif", 1.0)
+    img = open_image(tmp_path / "f.tif")
+    assert img.mode == "F"
+    assert np.abs(np.asarray(to_mode(img, 1), dtype=float) - values * 255).max() <= 0.5
+    assert np.abs(split_planes(img).colour[0].numpy() - (values * 2 - 1)).max() < 1e-5
+    wide = float_tiff(tmp_path / "w.tif", 4000.0)  # neither [0, 1] nor 8 bits: 16-bit values
+    assert np.abs(np.asarray(to_mode(open_image(tmp_path / "w.tif"), 1), dtype=float) - wide / 65535 * 255).max() <= 0.5
+    r = upscale(tmp_path / "f.tif", "--model", model_file)
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "f_x4.png") as out:
+        assert out.mode == "I;16" and np.asarray(out).max() > 60000  # not black
+
+
+def fake_cmyk_profile() -> bytes:
+    """An ICC profile that says it is for CMYK (LittleCMS will not build a transform from it)."""
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    icc[16:20] = b"CMYK"
+    return bytes(icc)
+
+
+def test_a_cmyk_profile_never_reaches_an_rgb_output(model_file, tmp_path):
+    from diffgen.images import open_image, to_mode
+
+    cmyk = smooth_image(8, 8).convert("CMYK")
+    cmyk.save(tmp_path / "print.jpg", icc_profile=fake_cmyk_profile())
+    assert to_mode(open_image(tmp_path / "print.jpg"), 3).mode == "RGB"
+    r = upscale(tmp_path / "print.jpg", "--model", model_file)
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "print_x4.png") as out:
+        assert out.mode == "RGB" and out.info.get("icc_profile") is None
+
+
+def grey_cmyk_profile(lightness: int = 200) -> bytes:
+    """A minimal ICC v2 CMYK printer profile whose A2B0 table maps every ink mix to one grey (Lab, 8-bit L*)."""
+    identity = bytes(range(256))
+    matrix = b"".join(struct.pack(">i", v) for v in (65536, 0, 0, 0, 65536, 0, 0, 0, 65536))
+    clut = bytes([lightness, 128, 128]) * 2**4  # 2 grid points per ink, 3 Lab outputs each
+    white = b"XYZ " + bytes(4) + struct.pack(">iii", 63190, 65536, 54061)  # D50
+    tags = [(b"A2B0", b"mft1" + bytes(4) + bytes([4, 3, 2, 0]) + matrix + identity * 4 + clut + identity * 3),
+            (b"wtpt", white)]
+    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
+    for signature, body in tags:
+        body += bytes(-len(body) % 4)
+        table += signature + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    header = (struct.pack(">I", offset + len(data)) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"prtr" + b"CMYK" + b"Lab "
+              + bytes(12) + b"acsp" + bytes(28) + white[8:] + bytes(48))
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+def test_a_cmyk_image_is_converted_through_its_own_profile(tmp_path):
+    from diffgen.images import open_image, split_planes, to_mode
+
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "red.jpg", icc_profile=grey_cmyk_profile())
+    img = open_image(tmp_path / "red.jpg")
+    r, g, b = to_mode(img, 3).getpixel((0, 0))
+    assert abs(r - g) <= 2 and abs(g - b) <= 2  # the profile's grey, not the naive formula's red
+    planes = split_planes(img)
+    assert planes.note == "converted CMYK to sRGB with its ICC profile"
+    assert float(planes.colour[0].std()) < 0.02 and abs(float(planes.colour[0].mean() - planes.colour[1].mean())) < 0.02

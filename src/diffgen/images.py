@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, PngImagePlugin
+from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 from torch import Tensor
 
 from diffgen.errors import ImageError
@@ -93,14 +93,51 @@ def is_complete_image(path: Path) -> bool:
 def to_mode(img: Image.Image, channels: int) -> Image.Image:
     """Convert any Pillow mode to L (1 channel), RGB (3) or RGBA (4)."""
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit and float images: scale to 8 bits before Pillow's convert clips them.
+    if img.mode in DEEP_GREY:
+        # 16-bit, 32-bit and float images: scale to 8 bits before Pillow's convert clips them.
         arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if arr.max() > 255 else 255.0
-        img = Image.fromarray(np.round(arr / peak * 255).astype(np.uint8), "L")
+        black, white = grey_range(img.mode, arr)
+        img = Image.fromarray(np.round((arr - black) / (white - black) * 255).clip(0, 255).astype(np.uint8), "L")
+    if img.mode == "CMYK":
+        img = cmyk_to_rgb(img)[0]
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     return img.convert(mode)
+
+
+DEEP_GREY = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+def grey_range(mode: str, arr: np.ndarray) -> tuple[float, float]:
+    """The values that stand for black and white in a 16-bit, 32-bit integer or float grey image.
+
+    Float images in [0, 1] are scaled by 1; other values by the first range that holds them: 8 bits, 16 bits,
+    else their own minimum and maximum.
+    """
+    if mode.startswith("I;16"):
+        return 0.0, 65535.0
+    low, high = float(arr.min(initial=0)), float(arr.max(initial=0))
+    if mode == "F" and low >= 0 and high <= 1:
+        return 0.0, 1.0
+    for white in (255.0, 65535.0):
+        if low >= 0 and high <= white:
+            return 0.0, white
+    return low, max(high, low + 1)
+
+
+SRGB = ImageCms.createProfile("sRGB")
+
+
+def cmyk_to_rgb(img: Image.Image) -> tuple[Image.Image, str]:
+    """A CMYK image in sRGB through its own ICC profile, else by Pillow's naive formula; and a note saying which."""
+    icc = img.info.get("icc_profile")
+    if icc:
+        try:
+            profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(img, profile, SRGB, outputMode="RGB"), "converted CMYK to sRGB with its ICC profile"
+        except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+            pass  # a profile LittleCMS cannot use
+    return img.convert("RGB"), "converted CMYK to RGB"
 
 
 def channels_of(img: Image.Image) -> int:
@@ -183,6 +220,18 @@ def encoder_args(fmt: str, text: dict[str, str] | None, quality: int) -> dict:
     return {"compression": "tiff_lzw"} if fmt == "TIFF" else {}
 
 
+SUB_IFDS = (0x8769, 0x8825, 0xA005)  # pointers to the Exif, GPS and interoperability sub-IFDs
+
+
+def main_ifd(exif: Image.Exif) -> Image.Exif:
+    """The EXIF tags Pillow's TIFF writer can carry: the main ones, without the sub-IFDs it cannot write."""
+    flat = Image.Exif()
+    for tag, value in exif.items():
+        if tag not in SUB_IFDS:
+            flat[tag] = value
+    return flat
+
+
 def save_image(
     img: Image.Image,
     path: Path,
@@ -203,6 +252,8 @@ def save_image(
     if not overwrite and path.exists():
         raise ImageError(f"{path}: already exists; pass --overwrite to replace it or choose another --out")
     img, note = fit_format(img, fmt)
+    if fmt == "TIFF" and isinstance(save_args.get("exif"), Image.Exif):
+        save_args["exif"] = main_ifd(save_args["exif"])
     buffer = io.BytesIO()
     img.save(buffer, format=fmt, **save_args, **encoder_args(fmt, text, quality))
     try:
@@ -225,7 +276,7 @@ class Planes:
     colour: Tensor  # float (3, H, W) in [-1, 1]
     alpha: Image.Image | None  # the alpha channel, upscaled separately
     grey: bool  # the source was greyscale: convert the result back
-    bits: int  # 8, or 16 for 16-bit greyscale sources
+    bits: int  # 8, or 16 for 16-bit (and float) greyscale sources
     note: str | None  # a conversion the user should know about
 
 
@@ -233,15 +284,19 @@ def split_planes(img: Image.Image) -> Planes:
     """Prepare any Pillow image for a 3-channel model, remembering how to rebuild the original kind."""
     frames = img.info.get("frames", 1)
     note = f"used the first of {frames} frames" if frames > 1 else None
-    if img.mode in GREY16:
+    if img.mode in DEEP_GREY:
         arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if img.mode != "I" or arr.max() > 255 else 255.0
-        grey = torch.from_numpy(arr / peak * 2 - 1).float()[None]
-        return Planes(grey.expand(3, -1, -1).clone(), None, True, 16 if peak > 255 else 8, note)
+        black, white = grey_range(img.mode, arr)
+        grey = torch.from_numpy((arr - black) / (white - black) * 2 - 1).float()[None]
+        if img.mode == "F":
+            note = "wrote the float image as 16-bit grey"
+        return Planes(grey.expand(3, -1, -1).clone(), None, True, 8 if (black, white) == (0, 255) else 16, note)
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode == "CMYK":
+        img, note = cmyk_to_rgb(img)
     elif img.mode not in ("1", "L", "LA", "RGB", "RGBA"):
-        note = f"converted {img.mode} to RGB"  # CMYK, YCbCr, LAB, HSV, ...
+        note = f"converted {img.mode} to RGB"  # YCbCr, LAB, HSV, ...
         img = img.convert("RGB")
     has_alpha = img.mode in ("LA", "RGBA")
     alpha = img.getchannel("A") if has_alpha else None
@@ -263,10 +318,23 @@ def merge_planes(pixels: np.ndarray, planes: Planes) -> Image.Image:
     return img
 
 
-def carried_metadata(img: Image.Image) -> dict:
-    """What an output should keep of its source: ICC profile and PNG text."""
+# Tags of an image's layout, not of its picture: a TIFF source's EXIF holds them, and they are wrong for the output.
+LAYOUT_TAGS = (256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 322, 323, 324, 325, 338, 339, 513, 514)
+ORIENTATION = 0x0112
+COLOUR_SPACE = {"RGB": b"RGB ", "RGBA": b"RGB ", "L": b"GRAY", "LA": b"GRAY", "I;16": b"GRAY"}  # ICC header bytes 16-20
+
+
+def carried_metadata(img: Image.Image, out_mode: str) -> dict:
+    """What an output of mode `out_mode` should keep of its source: EXIF, ICC profile (if it fits) and PNG text."""
     keep = {}
-    if img.info.get("icc_profile"):
-        keep["icc_profile"] = img.info["icc_profile"]
+    icc = img.info.get("icc_profile")
+    if icc and icc[16:20] == COLOUR_SPACE.get(out_mode):  # never a CMYK profile on RGB pixels
+        keep["icc_profile"] = icc
+    exif = img.getexif()
+    if exif:
+        for tag in LAYOUT_TAGS:
+            exif.pop(tag, None)
+        exif[ORIENTATION] = 1  # open_image turned the pixels upright
+        keep["exif"] = exif
     text = getattr(img, "text", None) or {}
     return keep | {"text": dict(text)}

@@ -235,7 +235,7 @@ def upscale_file(
     make_folder(dst.parent)  # before the work: a folder that cannot be made fails in a moment, not after it
     img = open_image(src)
     out, note = upscale_image(loaded, img, tile=tile, sampling=sampling, callback=callback)
-    keep = carried_metadata(img)
+    keep = carried_metadata(img, out.mode)
     text = keep.pop("text") | {"diffgen": f"upscale x{loaded.spec.scale}", **model_identity(loaded.path),
                                "steps": str(sampling.steps), "eta": str(sampling.eta), "samples": str(sampling.samples),
                                "seed": str(sampling.seed), "precision": loaded.precision}
