@@ -316,3 +316,40 @@ def test_a_cmyk_image_is_converted_through_its_own_profile(tmp_path):
     planes = split_planes(img)
     assert planes.note == "converted CMYK to sRGB with its ICC profile"
     assert float(planes.colour[0].std()) < 0.02 and abs(float(planes.colour[0].mean() - planes.colour[1].mean())) < 0.02
+
+
+def test_the_memory_estimate_allows_what_works_and_not_what_cannot():
+    from diffgen.upscale import estimate_memory
+
+    # benchmarks/upscale_memory.py: 4000x3000 at x4 peaks at 1.88 GB, the process (torch, model) included.
+    works = estimate_memory(4000, 3000, scale=4, tile=192, deep=False, alpha=False, base_channels=64, on_cpu=True)
+    assert 4000 * 3000 * 16 * 3 < works < 1.88e9
+    # The issue's 16000x16000 at x4: a 12 GB canvas before anything else.
+    assert estimate_memory(16000, 16000, scale=4, tile=192, deep=False, alpha=False, base_channels=64,
+                           on_cpu=True) > 24e9
+
+
+def test_an_image_too_big_for_memory_is_refused_and_the_batch_goes_on(model_file, tmp_path, monkeypatch):
+    from diffgen.upscale import estimate_memory
+
+    smooth_image(8, 8).save(tmp_path / "a.png")
+    smooth_image(64, 64).save(tmp_path / "b.png")
+    needs = [estimate_memory(n, n, scale=4, tile=None, deep=False, alpha=False, base_channels=32, on_cpu=True)
+             for n in (8, 64)]
+    monkeypatch.setenv("DIFFGEN_MEMORY_GB", str((needs[0] + needs[1]) / 2e9))
+    monkeypatch.setattr(diffgen.upscale, "open_image", refuse_to_decode(diffgen.upscale.open_image, "b.png"))
+    r = upscale(tmp_path / "a.png", tmp_path / "b.png", "--model", model_file)
+    assert r.exit_code == 1, r.output
+    assert "b.png: upscaling 64x64 at x4 needs about" in r.output and "DIFFGEN_MEMORY_GB" in r.output
+    assert "1 image upscaled on cpu, 0 skipped, 1 failed" in r.output
+    monkeypatch.setenv("DIFFGEN_MEMORY_GB", "lots")
+    r = upscale(tmp_path / "a.png", "--model", model_file, "--overwrite")
+    assert r.exit_code == 2 and "DIFFGEN_MEMORY_GB=lots" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def refuse_to_decode(open_image, name):
+    """open_image that fails the test if it decodes the pixels of `name`: the estimate comes first."""
+    def opened(path, *, decode=True):
+        assert not (decode and Path(path).name == name), f"decoded {name} before refusing it"
+        return open_image(path, decode=decode)
+    return opened

@@ -8,10 +8,10 @@ an exit code. torch is imported only inside commands, so `diffgen --help` starts
 from __future__ import annotations
 
 import functools
-from contextlib import contextmanager
 import json
 import os
 import sys
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -446,7 +446,7 @@ def upscale(
       diffgen upscale "scans/*.png" --skip-existing
     """
     from diffgen.errors import OptionError  # noqa: PLC0415
-    from diffgen.upscale import collect_inputs, plan_outputs  # noqa: PLC0415
+    from diffgen.upscale import collect_inputs, memory_budget, plan_outputs  # noqa: PLC0415
 
     freeze_imports()
     if not 1 <= quality <= 100:
@@ -458,6 +458,7 @@ def upscale(
     suffix = f"_x{loaded.spec.scale}" if suffix is None else suffix
     sources = collect_inputs(inputs, recursive=recursive, suffix=suffix)
     plan = plan_outputs(sources, out, suffix=suffix, fmt=format and format.value)
+    memory_budget()  # a bad DIFFGEN_MEMORY_GB is one error now, not one per file
     batch = UpscaleBatch(loaded, tile=tile, sampling=sampling, quality=quality, overwrite=overwrite,
                          skip_existing=skip_existing)
     with BatchProgress(len(plan)) as progress:

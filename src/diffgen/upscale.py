@@ -16,6 +16,7 @@ into an 8/16-bit canvas on the CPU, so memory stays bounded by the output size p
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,11 +33,13 @@ from diffgen.denoiser import make_denoiser
 from diffgen.errors import ImageError, OptionError
 from diffgen.hub import model_identity
 from diffgen.images import (
+    DEEP_GREY,
     IMAGE_SUFFIXES,
     SUFFIX_OF,
     WRITABLE,
     carried_metadata,
     format_of,
+    has_alpha,
     merge_planes,
     open_image,
     save_image,
@@ -233,6 +236,7 @@ def upscale_file(
 ) -> Upscaled:
     """Upscale one image file into `dst`, keeping its kind (grey, alpha, 16-bit), ICC profile and PNG text."""
     make_folder(dst.parent)  # before the work: a folder that cannot be made fails in a moment, not after it
+    check_memory(loaded, src, open_image(src, decode=False), tile)
     img = open_image(src)
     out, note = upscale_image(loaded, img, tile=tile, sampling=sampling, callback=callback)
     keep = carried_metadata(img, out.mode)
@@ -241,6 +245,74 @@ def upscale_file(
                                "seed": str(sampling.seed), "precision": loaded.precision}
     lost = save_image(out, dst, text=text, overwrite=overwrite, quality=quality, **keep)
     return Upscaled(src, dst, out.size, "; ".join(n for n in (note, lost) if n) or None)
+
+
+# Memory of one tile through the U-Net on the CPU: about 0.6 GB for a DEFAULT_TILE tile and 64 channels
+# (the small preset), in proportion to the tile's area and the network's width.
+ACTIVATION_BYTES = 0.6e9
+MEMORY_ENV = "DIFFGEN_MEMORY_GB"
+
+
+def estimate_memory(width: int, height: int, *, scale: int, tile: int | None, deep: bool, alpha: bool,
+                    base_channels: int, on_cpu: bool) -> int:
+    """Bytes an upscale of a width x height image adds at its peak, beside the loaded model.
+
+    The input and its float copy stay all along; the peak is the larger of two moments: while tiles are
+    sampled (output canvas, the unfinished band of rows, the U-Net's activations) and while the canvas
+    becomes an image (canvas, Pillow's 4 bytes a pixel, twice while an alpha channel is put in).
+    """
+    tile = tile or DEFAULT_TILE
+    out_pixels = scale * scale * width * height
+    canvas = out_pixels * 3 * (2 if deep else 1)
+    band = 2 * 16 * scale * min(tile, height) * scale * width  # float colour + weight, copied as it grows
+    activations = ACTIVATION_BYTES * min(tile, height) * min(tile, width) / DEFAULT_TILE**2 * base_channels / 64
+    sampling = canvas + band + (activations if on_cpu else 0)
+    merging = canvas + out_pixels * (9 if alpha else 4)
+    return int(16 * width * height + max(sampling, merging))
+
+
+def memory_budget() -> int | None:
+    """Bytes an upscale may take: DIFFGEN_MEMORY_GB if set, else what the system has available (None: unknown)."""
+    given = os.environ.get(MEMORY_ENV)
+    if given is not None:
+        try:
+            return int(float(given) * 1e9)
+        except ValueError:
+            raise OptionError(f"{MEMORY_ENV}={given}: give the gigabytes diffgen may use, e.g. 32") from None
+    return available_memory()
+
+
+def available_memory() -> int | None:
+    """MemAvailable of the kernel, or less where a cgroup (a container) allows less; None where neither is known."""
+    limits = []
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        limits.append(int(meminfo.split("MemAvailable:")[1].split()[0]) * 1024)
+    except (OSError, IndexError, ValueError):
+        pass
+    for limit, used in (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            folder = Path("/sys/fs/cgroup")
+            limits.append(int((folder / limit).read_text()) - int((folder / used).read_text()))
+        except (OSError, ValueError):  # no such cgroup, or "max": no limit
+            pass
+    return min(limits) if limits else None
+
+
+def check_memory(loaded: LoadedModel, src: Path, header: Image.Image, tile: int | None) -> None:
+    """Refuse, before decoding it, an image whose upscale would not fit in memory (the OOM killer would end it)."""
+    budget = memory_budget()
+    if budget is None:
+        return
+    weights = next(loaded.model.parameters())
+    s = loaded.spec.scale
+    need = estimate_memory(header.width, header.height, scale=s, tile=tile, deep=header.mode in DEEP_GREY,
+                           alpha=has_alpha(header), base_channels=loaded.spec.unet.base_channels,
+                           on_cpu=weights.device.type == "cpu")
+    if need > budget:
+        raise ImageError(f"{src}: upscaling {header.width}x{header.height} at x{s} needs about {need / 1e9:.1f} GB of "
+                         f"memory and {budget / 1e9:.1f} GB is available; upscale a smaller image (or parts of it), "
+                         f"or set {MEMORY_ENV} to the gigabytes diffgen may use to try anyway")
 
 
 def make_folder(folder: Path) -> None:
