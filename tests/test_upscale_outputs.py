@@ -353,3 +353,14 @@ def refuse_to_decode(open_image, name):
         assert not (decode and Path(path).name == name), f"decoded {name} before refusing it"
         return open_image(path, decode=decode)
     return opened
+
+
+def test_exif_too_long_for_jpeg_is_left_out_with_a_note(model_file, tmp_path):
+    exif = camera_exif(1)
+    exif.get_ifd(0x8769)[0x9286] = b"x" * 70_000  # a UserComment past JPEG's 64 KB segment
+    smooth_image(8, 8).save(tmp_path / "long.png", exif=exif)
+    r = upscale(tmp_path / "long.png", "--model", model_file, "--format", "jpg")
+    assert r.exit_code == 0, r.output
+    assert "left out the EXIF" in r.output
+    with Image.open(tmp_path / "long_x4.jpg") as out:
+        assert out.size == (32, 32)

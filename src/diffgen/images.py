@@ -112,7 +112,7 @@ def grey_range(mode: str, arr: np.ndarray) -> tuple[float, float]:
     """The values that stand for black and white in a 16-bit, 32-bit integer or float grey image.
 
     Float images in [0, 1] are scaled by 1; other values by the first range that holds them: 8 bits, 16 bits,
-    else their own minimum and maximum.
+    else from 0 (or their minimum, where it is negative) to their maximum.
     """
     if mode.startswith("I;16"):
         return 0.0, 65535.0
@@ -194,8 +194,8 @@ def has_alpha(img: Image.Image) -> bool:
     return img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
 
 
-def fit_format(img: Image.Image, fmt: str) -> tuple[Image.Image, str | None]:
-    """The image as `fmt` can hold it, and a note on what that lost (16 bits, transparency), if anything."""
+def fit_format(img: Image.Image, fmt: str) -> tuple[Image.Image, list[str]]:
+    """The image as `fmt` can hold it, and notes on what that lost (16 bits, transparency)."""
     notes = []
     if img.mode in GREY16 and fmt not in KEEPS_16_BITS:
         img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8))
@@ -205,7 +205,7 @@ def fit_format(img: Image.Image, fmt: str) -> tuple[Image.Image, str | None]:
         notes.append(f"dropped the transparency: {fmt} has none")
     elif fmt == "JPEG" and img.mode not in ("L", "RGB"):
         img = img.convert("RGB")
-    return img, "; ".join(notes) or None
+    return img, notes
 
 
 def encoder_args(fmt: str, text: dict[str, str] | None, quality: int) -> dict:
@@ -221,6 +221,17 @@ def encoder_args(fmt: str, text: dict[str, str] | None, quality: int) -> dict:
 
 
 SUB_IFDS = (0x8769, 0x8825, 0xA005)  # pointers to the Exif, GPS and interoperability sub-IFDs
+JPEG_SEGMENT = 65533  # bytes of EXIF one JPEG APP1 segment holds (Pillow's MAX_BYTES_IN_MARKER)
+
+
+def fit_exif(exif: Image.Exif, fmt: str, notes: list[str]) -> Image.Exif | bytes:
+    """The EXIF `fmt` can carry (b"": none, with a note added to `notes`)."""
+    if fmt == "TIFF":
+        return main_ifd(exif)
+    if fmt == "JPEG" and len(exif.tobytes()) > JPEG_SEGMENT:
+        notes.append("left out the EXIF: too long for JPEG")
+        return b""
+    return exif
 
 
 def main_ifd(exif: Image.Exif) -> Image.Exif:
@@ -243,7 +254,7 @@ def save_image(
 ) -> str | None:
     """Write an image atomically; the format follows the suffix. Refuses to replace a file unless `overwrite`.
 
-    Returns a note on what the format could not keep (transparency, 16 bits), or None.
+    Returns a note on what the format could not keep (transparency, 16 bits, EXIF), or None.
     """
     path = Path(path)
     fmt = format_of(path.suffix)
@@ -251,9 +262,9 @@ def save_image(
         raise ImageError(f"{path}: unknown image format; use {WRITABLE}")
     if not overwrite and path.exists():
         raise ImageError(f"{path}: already exists; pass --overwrite to replace it or choose another --out")
-    img, note = fit_format(img, fmt)
-    if fmt == "TIFF" and isinstance(save_args.get("exif"), Image.Exif):
-        save_args["exif"] = main_ifd(save_args["exif"])
+    img, notes = fit_format(img, fmt)
+    if isinstance(save_args.get("exif"), Image.Exif):
+        save_args["exif"] = fit_exif(save_args["exif"], fmt, notes)
     buffer = io.BytesIO()
     img.save(buffer, format=fmt, **save_args, **encoder_args(fmt, text, quality))
     try:
@@ -263,7 +274,7 @@ def save_image(
     except OSError as e:
         fix = "free some space" if e.errno == errno.ENOSPC else "check the folder's permissions"
         raise ImageError(f"{path}: cannot write ({e.strerror}); {fix} or choose another --out") from None
-    return note
+    return "; ".join(notes) or None
 
 
 GREY16 = ("I;16", "I;16B", "I;16L", "I")

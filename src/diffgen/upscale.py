@@ -10,7 +10,11 @@ to the truth.
 
 Large images are cut into overlapping LR tiles; each tile's output is weighted by a feathered
 (linear ramp) mask and the weighted sum is normalised. Rows of tiles are finished one band at a time
-into an 8/16-bit canvas on the CPU, so memory stays bounded by the output size plus one band.
+into an 8/16-bit canvas on the CPU, so memory stays bounded by the output size plus one band. That peak is
+estimated from the file's header before it is decoded (`estimate_memory`); an image that cannot fit is refused.
+
+A batch's outputs are planned before any work (`plan_outputs`): beside each input, or under --out with the
+input folders mirrored; two inputs that would write one file are refused.
 """
 
 from __future__ import annotations
