@@ -364,3 +364,13 @@ def test_exif_too_long_for_jpeg_is_left_out_with_a_note(model_file, tmp_path):
     assert "left out the EXIF" in r.output
     with Image.open(tmp_path / "long_x4.jpg") as out:
         assert out.size == (32, 32)
+
+
+def test_exif_that_pillow_cannot_write_again_is_left_behind():
+    from diffgen.images import carried_metadata
+
+    img = smooth_image(8, 8)
+    img.getexif()[0x010F] = "Canon"
+    assert carried_metadata(img, "RGB")["exif"][0x010F] == "Canon"
+    img.getexif()[0x9999] = object()  # a value no EXIF type holds
+    assert "exif" not in carried_metadata(img, "RGB")

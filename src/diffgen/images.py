@@ -346,6 +346,16 @@ def carried_metadata(img: Image.Image, out_mode: str) -> dict:
         for tag in LAYOUT_TAGS:
             exif.pop(tag, None)
         exif[ORIENTATION] = 1  # open_image turned the pixels upright
-        keep["exif"] = exif
+        if writable_exif(exif):
+            keep["exif"] = exif
     text = getattr(img, "text", None) or {}
     return keep | {"text": dict(text)}
+
+
+def writable_exif(exif: Image.Exif) -> bool:
+    """Whether Pillow can write this EXIF again: a camera's odd tag types can make it fail."""
+    try:
+        exif.tobytes()
+    except Exception:  # Pillow raises many types for values it cannot encode
+        return False
+    return True
