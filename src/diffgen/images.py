@@ -2,7 +2,10 @@
 
 Model tensors are float (C, H, W) in [-1, 1]. Reading refuses decompression bombs above a pixel
 limit (env `DIFFGEN_MAX_PIXELS`), applies EXIF orientation and takes the first frame of animations.
-Writing is atomic and never replaces an existing file unless asked to.
+Deep grey images (16-bit, 32-bit, float) are scaled by the range their values are in, and CMYK goes to
+sRGB through its own ICC profile. Writing is atomic and never replaces an existing file unless asked to;
+the format follows the suffix (PNG, JPEG, WebP, TIFF, BMP), and what a format cannot hold (transparency,
+16 bits, EXIF) is dropped with a note.
 """
 
 from __future__ import annotations

@@ -287,13 +287,17 @@ def memory_budget() -> int | None:
 
 
 def available_memory() -> int | None:
-    """MemAvailable of the kernel, or less where a cgroup (a container) allows less; None where neither is known."""
+    """MemAvailable of the kernel (else its free memory), or less where a cgroup (a container) allows less; None
+    where nothing is known."""
     limits = []
     try:
         meminfo = Path("/proc/meminfo").read_text()
         limits.append(int(meminfo.split("MemAvailable:")[1].split()[0]) * 1024)
     except (OSError, IndexError, ValueError):
-        pass
+        try:  # no /proc: the free pages, which leave out the file cache the kernel would give back
+            limits.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, OSError, ValueError):
+            pass
     for limit, used in (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
         try:
             folder = Path("/sys/fs/cgroup")
