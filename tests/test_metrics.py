@@ -14,6 +14,7 @@ from diffgen.metrics import (
     crop_to_multiple,
     evaluate,
     make_lowres,
+    PSNR_CAP,
     mean_row,
     psnr,
     rgb_to_y,
@@ -35,9 +36,10 @@ def rgb_image(h, w, seed=0):
     return Image.fromarray(arr.round().astype(np.uint8), "RGB")
 
 
-def test_psnr_identical_is_infinite():
+def test_psnr_of_identical_arrays_is_capped_so_means_stay_finite():
     x = textured(16, 16)
-    assert psnr(x, x) == math.inf
+    assert psnr(x, x) == PSNR_CAP == 100.0
+    assert psnr(x, x + 1e-3) == PSNR_CAP  # above the cap too
 
 
 @pytest.mark.parametrize("e", [1.0, 3.0, 10.0])
@@ -111,10 +113,10 @@ def test_score_ignores_the_border():
     arr[:4] = 255 - arr[:4]  # change only the top 4 rows, the border at x4
     arr[:, -4:] = 0  # and the right 4 columns
     inside = score(Image.fromarray(arr), hr, 4)
-    assert inside.psnr == math.inf
+    assert inside.psnr == PSNR_CAP
     assert inside.ssim == pytest.approx(1.0, abs=1e-12)
     arr[4, 4] = 255 - arr[4, 4]  # one pixel just inside
-    assert score(Image.fromarray(arr), hr, 4).psnr < math.inf
+    assert score(Image.fromarray(arr), hr, 4).psnr < PSNR_CAP
 
 
 def test_score_refuses_mismatched_sizes():
@@ -137,7 +139,7 @@ def test_evaluate_bicubic_model_equals_baseline(hr_files):
     assert [r.name for r in rows] == ["a.png", "b.png"]
     for r in rows:
         assert r.model == r.bicubic
-        assert 15 < r.bicubic.psnr < math.inf
+        assert 15 < r.bicubic.psnr < PSNR_CAP
         assert 0 < r.bicubic.ssim < 1
         assert r.seconds >= 0
 
@@ -146,9 +148,10 @@ def test_evaluate_scores_against_the_cropped_hr(hr_files):
     """An upscaler that happens to return the cropped HR scores perfectly."""
     hr = crop_to_multiple(Image.open(hr_files[0]).convert("RGB"), 4)
     rows = evaluate(lambda lr: hr, hr_files[:1], 4)
-    assert rows[0].model.psnr == math.inf
+    assert rows[0].model.psnr == PSNR_CAP
     assert rows[0].model.ssim == pytest.approx(1.0, abs=1e-12)
-    assert rows[0].bicubic.psnr < math.inf
+    assert rows[0].bicubic.psnr < PSNR_CAP
+    assert math.isfinite(mean_row(rows).model.psnr)
 
 
 def test_evaluate_refuses_images_too_small_to_score(tmp_path):
@@ -156,6 +159,17 @@ def test_evaluate_refuses_images_too_small_to_score(tmp_path):
     rgb_image(16, 40).save(path)
     with pytest.raises(ImageError, match="too small"):
         evaluate(lambda lr: bicubic_upscale(lr, 4), [path], 4)
+
+
+def test_evaluate_reports_a_bad_file_and_goes_on(hr_files, tmp_path):
+    broken, tiny = tmp_path / "broken.png", tmp_path / "tiny.png"
+    broken.write_bytes(b"not an image")
+    rgb_image(16, 40).save(tiny)
+    failures = []
+    rows = evaluate(lambda lr: bicubic_upscale(lr, 4), [broken, hr_files[0], tiny, hr_files[1]], 4,
+                    on_error=failures.append)
+    assert [r.name for r in rows] == ["a.png", "b.png"]
+    assert len(failures) == 2 and "broken.png" in str(failures[0]) and "too small" in str(failures[1])
 
 
 def test_mean_row_averages_scores_and_sums_seconds():

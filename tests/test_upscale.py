@@ -173,10 +173,10 @@ def test_output_names_formats_and_overwrite_rules(model_file, tmp_path):
     assert invoke(*base).exit_code == 0
     before = (tmp_path / "a_x4.png").read_bytes()
     r = invoke(*base, "--seed", 5)
-    assert r.exit_code == 1 and "already exists" in r.output and "0 upscaled, 0 skipped, 1 failed" in r.output
+    assert r.exit_code == 1 and "already exists" in r.output and "0 images upscaled on cpu, 0 skipped, 1 failed" in r.output
     assert (tmp_path / "a_x4.png").read_bytes() == before
     r = invoke(*base, "--skip-existing")
-    assert r.exit_code == 0 and "0 upscaled, 1 skipped" in r.output
+    assert r.exit_code == 0 and "0 images upscaled on cpu, 1 skipped" in r.output
     assert invoke(*base, "--seed", 5, "--overwrite").exit_code == 0
     assert invoke(*base, "--out", tmp_path / "named.webp", "--format", "webp").exit_code == 0
     assert (tmp_path / "named.webp").is_file()
@@ -190,10 +190,10 @@ def test_folders_globs_and_a_bad_file_in_a_batch(model_file, tmp_path):
     (tmp_path / "in" / "broken[draft].png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     r = invoke("upscale", tmp_path / "in", "--recursive", "--model", model_file, "--steps", 1, "--out", tmp_path / "out")
     assert r.exit_code == 1
-    assert "broken[draft].png" in r.output and "2 upscaled, 0 skipped, 1 failed" in r.output
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["one_x4.png", "two_x4.png"]
+    assert "broken[draft].png" in r.output and "2 images upscaled on cpu, 0 skipped, 1 failed" in r.output
+    assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.png")) == ["one_x4.png", "sub/two_x4.png"]
     r = invoke("upscale", str(tmp_path / "in" / "*.png"), "--model", model_file, "--steps", 1, "--out", tmp_path / "g")
-    assert "1 upscaled" in r.output  # one.png; broken[draft].png fails
+    assert "1 image upscaled" in r.output  # one.png; broken[draft].png fails
     r = invoke("upscale", str(tmp_path / "nothing*.png"), "--model", model_file)
     assert r.exit_code == 2 and "no files match" in r.output
 

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -73,9 +74,15 @@ class ScheduleOpt(str, Enum):
 
 
 class FormatOpt(str, Enum):
+    """Image formats by file suffix (images.FORMATS); options using it take any case (case_sensitive=False)."""
+
     png = "png"
     jpg = "jpg"
+    jpeg = "jpeg"
     webp = "webp"
+    tiff = "tiff"
+    tif = "tif"
+    bmp = "bmp"
 
 
 PRECISION_HELP = "auto: bf16 on CPUs with native bf16 (about 1.4-2x faster), else fp32."
@@ -544,20 +551,20 @@ def upscale(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)],
     model: Annotated[Optional[str], typer.Option(help="Bundled name, .safetensors file or run folder.", show_default="upscale-x4")] = None,
     scale: Annotated[Optional[int], typer.Option(help="Upscaling factor; must match the model.", show_default="the model's")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output file, or folder.", show_default="beside each input")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output file (its suffix sets the format), or folder: sub-folders of inputs are mirrored in it.", show_default="beside each input")] = None,
     suffix: Annotated[Optional[str], typer.Option(help="Added to output names.", show_default="_x4 for x4")] = None,
-    format: Annotated[FormatOpt, typer.Option("--format", help="Output format.")] = FormatOpt.png,
+    format: Annotated[Optional[FormatOpt], typer.Option("--format", case_sensitive=False, help="Output format.", show_default="png, or the --out file's")] = None,
     quality: Annotated[int, typer.Option(help="JPEG/WebP quality, 1-100.")] = 95,
     recursive: Annotated[bool, typer.Option("--recursive", help="Descend into sub-folders of folder inputs.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
-    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output exists.")] = False,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output exists and is complete.")] = False,
     steps: Annotated[int, typer.Option(help="Sampling steps.")] = 1,
     eta: Annotated[float, typer.Option(help="DDIM η: 0 is deterministic, 1 adds fresh noise each step.")] = 0.0,
     samples: Annotated[int, typer.Option(help=SAMPLES_HELP)] = 2,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     tile: Annotated[Optional[int], typer.Option(help="Tile side in input pixels.", show_default="automatic")] = None,
     precision: Annotated[PrecisionOpt, typer.Option(help=PRECISION_HELP)] = PrecisionOpt.auto,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto (the GPU if there is one), cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Upscale images with a diffusion super-resolution model.
 
@@ -566,8 +573,8 @@ def upscale(
       diffgen upscale photos/ --recursive --out big/ --format jpg
       diffgen upscale "scans/*.png" --skip-existing
     """
-    from diffgen.errors import DiffgenError, OptionError  # noqa: PLC0415
-    from diffgen.upscale import collect_inputs, output_path, upscale_file  # noqa: PLC0415
+    from diffgen.errors import OptionError  # noqa: PLC0415
+    from diffgen.upscale import collect_inputs, memory_budget, plan_outputs  # noqa: PLC0415
 
     freeze_imports()
     if not 1 <= quality <= 100:
@@ -578,29 +585,99 @@ def upscale(
     loaded = with_precision(open_upscaler(model, device, sampling, tile=tile, scale=scale), precision)
     suffix = f"_x{loaded.spec.scale}" if suffix is None else suffix
     sources = collect_inputs(inputs, recursive=recursive, suffix=suffix)
-    upscaled, skipped, failed = 0, 0, 0
-    with BatchProgress(len(sources)) as progress:
-        for src in sources:
-            dst = output_path(src, out, suffix=suffix, fmt=format.value, many=len(sources) > 1)
-            if skip_existing and dst.exists():
-                skipped += 1
-                progress.next_image(src.name)
-                continue
-            progress.next_image(src.name)
-            try:
-                result = upscale_file(loaded, src, dst, tile=tile, sampling=sampling, overwrite=overwrite,
-                                      quality=quality, callback=progress.tiles)
-            except DiffgenError as e:
-                failed += 1
-                progress.print(labelled("error:", "red", str(e)))
-                continue
-            upscaled += 1
-            note = f" ({result.note})" if result.note else ""
-            progress.print(f"{src} -> {dst} ({result.size[0]}x{result.size[1]}){note}")
-    summary = f"{upscaled} upscaled, {skipped} skipped, {failed} failed"
-    if failed:
-        raise fail(summary)
-    report_done(summary)
+    plan = plan_outputs(sources, out, suffix=suffix, fmt=format and format.value)
+    memory_budget()  # a bad DIFFGEN_MEMORY_GB is one error now, not one per file
+    batch = UpscaleBatch(loaded, tile=tile, sampling=sampling, quality=quality, overwrite=overwrite,
+                         skip_existing=skip_existing)
+    with BatchProgress(len(plan)) as progress:
+        try:
+            with stop_on_signals():
+                for src, dst in plan:
+                    progress.next_image(src.name)
+                    batch.run(src, dst, progress)
+                    progress.image_done()
+        except Stopped as e:
+            raise fail(f"stopped by {e.name}: {batch.summary()}; rerun the same command with --skip-existing "
+                       "to continue", e.exit_code) from None
+    if batch.counts["failed"]:
+        raise fail(batch.summary())
+    report_done(batch.summary())
+
+
+class UpscaleBatch:
+    """Upscale a batch file by file: a bad file is reported and counted, and the batch goes on."""
+
+    def __init__(self, loaded, *, skip_existing: bool, overwrite: bool, **settings):
+        from collections import Counter  # noqa: PLC0415
+
+        self.loaded, self.skip_existing, self.overwrite, self.settings = loaded, skip_existing, overwrite, settings
+        self.counts = Counter()
+
+    def run(self, src: Path, dst: Path, progress: BatchProgress) -> None:
+        from diffgen.errors import DiffgenError  # noqa: PLC0415
+        from diffgen.images import is_complete_image  # noqa: PLC0415
+        from diffgen.upscale import upscale_file  # noqa: PLC0415
+
+        overwrite = self.overwrite
+        if self.skip_existing and dst.exists():
+            if is_complete_image(dst):
+                self.counts["skipped"] += 1
+                return
+            progress.print(labelled("note:", "yellow", f"{dst}: incomplete or corrupt; upscaling {src} again"))
+            overwrite = True
+        try:
+            result = upscale_file(self.loaded, src, dst, overwrite=overwrite, callback=progress.tiles, **self.settings)
+        except DiffgenError as e:
+            self.counts["failed"] += 1
+            progress.print(labelled("error:", "red", str(e)))
+            return
+        self.counts["upscaled"] += 1
+        note = f" ({result.note})" if result.note else ""
+        progress.print(f"{src} -> {dst} ({result.size[0]}x{result.size[1]}){note}")
+
+    def summary(self) -> str:
+        from diffgen.upscale import count_of  # noqa: PLC0415
+
+        c = self.counts
+        return (f"{count_of(c['upscaled'], 'image')} upscaled on {device_of(self.loaded)}, {c['skipped']} skipped, "
+                f"{c['failed']} failed")
+
+
+def device_of(loaded) -> str:
+    """Where a loaded model computes: "cpu", "cuda:0", ..."""
+    return str(next(loaded.model.parameters()).device)
+
+
+class Stopped(BaseException):  # like KeyboardInterrupt: no `except Exception` swallows it
+    """SIGINT or SIGTERM during a batch: stop at once; an atomic write in progress removes its temporary file."""
+
+    def __init__(self, signum: int):
+        import signal  # noqa: PLC0415
+
+        super().__init__(signal.Signals(signum).name)
+        self.name = signal.Signals(signum).name
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+@contextmanager
+def stop_on_signals():
+    """Turn SIGINT and SIGTERM into `Stopped` (SIGTERM would otherwise end the process without cleaning up)."""
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @app.command("eval-upscale")
@@ -614,7 +691,7 @@ def eval_upscale(
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     tile: Annotated[Optional[int], typer.Option(help="Tile side in input pixels.", show_default="automatic")] = None,
     precision: Annotated[PrecisionOpt, typer.Option(help=PRECISION_HELP)] = PrecisionOpt.auto,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto (the GPU if there is one), cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Downsample each image, upscale it back, and score diffgen and bicubic (PSNR/SSIM on Y).
 
@@ -625,24 +702,32 @@ def eval_upscale(
     from rich.table import Table  # noqa: PLC0415
 
     from diffgen.data import find_images  # noqa: PLC0415
-    from diffgen.metrics import evaluate, mean_row  # noqa: PLC0415
-    from diffgen.upscale import upscale_image  # noqa: PLC0415
+    from diffgen.metrics import PSNR_CAP, evaluate, mean_row  # noqa: PLC0415
+    from diffgen.upscale import count_of, upscale_image  # noqa: PLC0415
 
     freeze_imports()
     sampling = upscale_sampling(steps=steps, eta=eta, samples=samples, seed=seed)
     loaded = with_precision(open_upscaler(model, device, sampling, tile=tile), precision)
     files, _, _ = find_images(hr_dir)
+    failures = []
     with ItemProgress("scoring", len(files)) as advance:
         rows = evaluate(lambda lr: upscale_image(loaded, lr, tile=tile, sampling=sampling)[0],
-                        files, loaded.spec.scale, callback=advance)
-    table = Table(title=f"x{loaded.spec.scale} on {hr_dir}: PSNR (dB) and SSIM on Y, {steps} step{'s' * (steps > 1)}, η = {eta}, "
-                        f"{samples} sample{'s' * (samples > 1)}, {loaded.precision}")
-    for col in ("image", "bicubic PSNR", "diffgen PSNR", "gain", "bicubic SSIM", "diffgen SSIM", "seconds"):
-        table.add_column(col, justify="left" if col == "image" else "right", no_wrap=True)
-    for row in rows + [mean_row(rows)]:
-        table.add_row(row.name, f"{row.bicubic.psnr:.2f}", f"{row.model.psnr:.2f}", f"{row.model.psnr - row.bicubic.psnr:+.2f}",
-                      f"{row.bicubic.ssim:.4f}", f"{row.model.ssim:.4f}", f"{row.seconds:.1f}")
-    print_table(table)
+                        files, loaded.spec.scale, callback=advance, on_error=failures.append)
+    for e in failures:
+        console_err.print(labelled("error:", "red", str(e)), highlight=False, soft_wrap=True)
+    if rows:
+        table = Table(title=f"x{loaded.spec.scale} on {hr_dir} ({count_of(len(rows), 'image')}), on {device_of(loaded)}: "
+                            f"PSNR (dB, at most {PSNR_CAP:.0f}) and SSIM on Y, {count_of(steps, 'step')}, η = {eta}, "
+                            f"{count_of(samples, 'sample')}, {loaded.precision}")
+        for col in ("image", "bicubic PSNR", "diffgen PSNR", "gain", "bicubic SSIM", "diffgen SSIM", "seconds"):
+            table.add_column(col, justify="left" if col == "image" else "right", no_wrap=True)
+        for row in rows + [mean_row(rows)]:
+            table.add_row(row.name, f"{row.bicubic.psnr:.2f}", f"{row.model.psnr:.2f}", f"{row.model.psnr - row.bicubic.psnr:+.2f}",
+                          f"{row.bicubic.ssim:.4f}", f"{row.model.ssim:.4f}", f"{row.seconds:.1f}")
+        print_table(table)
+    if failures:
+        raise fail(f"{count_of(len(failures), 'file')} of {len(files)} could not be scored (above); the table leaves "
+                   f"{'it' if len(failures) == 1 else 'them'} out")
 
 
 def with_precision(loaded, precision: PrecisionOpt):
@@ -691,20 +776,20 @@ class BatchProgress:
                             console=console_err, disable=not console_err.is_terminal)
         self.images = self.bar.add_task("images", total=total)
         self.tile_task = self.bar.add_task("tiles", total=1)
-        self.started = 0
 
     def __enter__(self):
         self.bar.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self.bar.update(self.images, completed=self.started)
-        self.bar.__exit__(*exc)
+        self.bar.__exit__(*exc)  # an interrupted image stays uncounted
 
     def next_image(self, name: str) -> None:
-        self.bar.update(self.images, completed=self.started)
-        self.started += 1
         self.bar.reset(self.tile_task, total=1, description=f"tiles of {name}")
+
+    def image_done(self) -> None:
+        """One image finished: upscaled, skipped or failed."""
+        self.bar.advance(self.images)
 
     def tiles(self, done: int, total: int) -> None:
         self.bar.update(self.tile_task, completed=done, total=total)

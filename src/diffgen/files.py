@@ -2,12 +2,15 @@
 
 The data goes to a temporary file in the same folder, is flushed to disk (fsync), and is then renamed
 over the target (or, when replacing is not allowed, hard-linked to it, which fails if the target
-appeared meanwhile). A crash at any moment leaves the old file or the new one, never a mix.
+appeared meanwhile). A crash at any moment leaves the old file or the new one, never a mix; the temporary
+file a killed write left is removed the next time that file is written.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -34,7 +37,16 @@ def atomic_write(path: Path, data: bytes, *, overwrite: bool = True) -> None:
             os.link(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+    remove_stale_temps(path)
     fsync_dir(path.parent)
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Remove the temporary files of `path` that a killed earlier write left (mkstemp's 8 random characters)."""
+    stale = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if stale.fullmatch(leftover.name):
+            leftover.unlink(missing_ok=True)
 
 
 def fsync_dir(folder: Path) -> None:

@@ -9,11 +9,11 @@ The convention (SRCNN, Dong et al. 2014; EDSR, Lim et al. 2017; and the MATLAB s
   it (Y in [16, 235], not rounded), with `scale` pixels cropped from every side, data range 255.
 - SSIM is Wang et al. 2004: an 11x11 Gaussian window with sigma 1.5, K1 = 0.01, K2 = 0.03, 'valid'
   filtering (no padding), averaged over the map.
+- PSNR is capped at 100 dB (`PSNR_CAP`): a perfect match would be infinite and make every mean infinite.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,12 +23,13 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
-from diffgen.errors import ImageError
+from diffgen.errors import DiffgenError, ImageError
 from diffgen.images import open_image, to_mode
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
+PSNR_CAP = 100.0  # dB; an error of 0.003 grey levels (RMS) at data range 255
 
 Progress = Callable[[int, int], None]  # (images done, total images)
 
@@ -43,9 +44,9 @@ def rgb_to_y(img: Image.Image) -> np.ndarray:
 
 
 def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
-    """Peak signal-to-noise ratio in dB; infinite for identical arrays."""
+    """Peak signal-to-noise ratio in dB, at most `PSNR_CAP` (identical arrays)."""
     mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
-    return math.inf if mse == 0 else float(10 * np.log10(data_range**2 / mse))
+    return PSNR_CAP if mse == 0 else min(PSNR_CAP, float(10 * np.log10(data_range**2 / mse)))
 
 
 def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
@@ -123,23 +124,36 @@ def evaluate(
     hr_paths: list[Path],
     scale: int,
     callback: Progress | None = None,
+    on_error: Callable[[DiffgenError], None] | None = None,
 ) -> list[EvalRow]:
-    """Score `upscale` and the bicubic baseline on LR versions of the given ground-truth images."""
+    """Score `upscale` and the bicubic baseline on LR versions of the given ground-truth images.
+
+    A file that cannot be scored raises, or with `on_error` is passed to it and left out of the rows.
+    """
     rows = []
-    smallest = SSIM_WINDOW + 2 * scale  # an SSIM window must fit inside the cropped border
     for i, path in enumerate(hr_paths):
-        hr = crop_to_multiple(to_mode(open_image(path), 3), scale)  # RGB; 16-bit grey scaled, not clipped
-        if min(hr.size) < smallest:
-            raise ImageError(f"{path}: {hr.width}x{hr.height} is too small to score at x{scale}; "
-                             f"use images of at least {smallest}x{smallest} pixels")
-        lr = make_lowres(hr, scale)
-        start = time.perf_counter()
-        sr = upscale(lr)
-        seconds = time.perf_counter() - start
-        rows.append(EvalRow(Path(path).name, score(bicubic_upscale(lr, scale), hr, scale), score(sr, hr, scale), seconds))
+        try:
+            rows.append(evaluate_one(upscale, path, scale))
+        except DiffgenError as e:
+            if on_error is None:
+                raise
+            on_error(e)
         if callback is not None:
             callback(i + 1, len(hr_paths))
     return rows
+
+
+def evaluate_one(upscale: Callable[[Image.Image], Image.Image], path: Path, scale: int) -> EvalRow:
+    hr = crop_to_multiple(to_mode(open_image(path), 3), scale)  # RGB; 16-bit grey scaled, not clipped
+    smallest = SSIM_WINDOW + 2 * scale  # an SSIM window must fit inside the cropped border
+    if min(hr.size) < smallest:
+        raise ImageError(f"{path}: {hr.width}x{hr.height} is too small to score at x{scale}; "
+                         f"use images of at least {smallest}x{smallest} pixels")
+    lr = make_lowres(hr, scale)
+    start = time.perf_counter()
+    sr = upscale(lr)
+    seconds = time.perf_counter() - start
+    return EvalRow(Path(path).name, score(bicubic_upscale(lr, scale), hr, scale), score(sr, hr, scale), seconds)
 
 
 def mean_scores(scores: list[Scores]) -> Scores:

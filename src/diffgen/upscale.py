@@ -10,12 +10,17 @@ to the truth.
 
 Large images are cut into overlapping LR tiles; each tile's output is weighted by a feathered
 (linear ramp) mask and the weighted sum is normalised. Rows of tiles are finished one band at a time
-into an 8/16-bit canvas on the CPU, so memory stays bounded by the output size plus one band.
+into an 8/16-bit canvas on the CPU, so memory stays bounded by the output size plus one band. That peak is
+estimated from the file's header before it is decoded (`estimate_memory`); an image that cannot fit is refused.
+
+A batch's outputs are planned before any work (`plan_outputs`): beside each input, or under --out with the
+input folders mirrored; two inputs that would write one file are refused.
 """
 
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,9 +34,21 @@ from torch import Tensor
 from diffgen.checkpoint import LoadedModel
 from diffgen.data import derived_seed, dihedral, undo_dihedral, upsample
 from diffgen.denoiser import make_denoiser
-from diffgen.errors import OptionError
+from diffgen.errors import ImageError, OptionError
 from diffgen.hub import model_identity
-from diffgen.images import IMAGE_SUFFIXES, carried_metadata, merge_planes, open_image, save_image, split_planes
+from diffgen.images import (
+    DEEP_GREY,
+    IMAGE_SUFFIXES,
+    SUFFIX_OF,
+    WRITABLE,
+    carried_metadata,
+    format_of,
+    has_alpha,
+    merge_planes,
+    open_image,
+    save_image,
+    split_planes,
+)
 from diffgen.samplers import randn_like, sample_ddim
 
 # One step (the model's MMSE estimate) averaged over two mirror images beats two steps of one view, at
@@ -222,43 +239,185 @@ def upscale_file(
     callback: Progress | None = None,
 ) -> Upscaled:
     """Upscale one image file into `dst`, keeping its kind (grey, alpha, 16-bit), ICC profile and PNG text."""
+    make_folder(dst.parent)  # before the work: a folder that cannot be made fails in a moment, not after it
+    check_memory(loaded, src, open_image(src, decode=False), tile)
     img = open_image(src)
     out, note = upscale_image(loaded, img, tile=tile, sampling=sampling, callback=callback)
-    keep = carried_metadata(img)
+    keep = carried_metadata(img, out.mode)
     text = keep.pop("text") | {"diffgen": f"upscale x{loaded.spec.scale}", **model_identity(loaded.path),
                                "steps": str(sampling.steps), "eta": str(sampling.eta), "samples": str(sampling.samples),
                                "seed": str(sampling.seed), "precision": loaded.precision}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    save_image(out, dst, text=text, overwrite=overwrite, quality=quality, **keep)
-    return Upscaled(src, dst, out.size, note)
+    lost = save_image(out, dst, text=text, overwrite=overwrite, quality=quality, **keep)
+    return Upscaled(src, dst, out.size, "; ".join(n for n in (note, lost) if n) or None)
 
 
-def collect_inputs(inputs: list[str], *, recursive: bool, suffix: str) -> list[Path]:
+# Memory of one tile through the U-Net on the CPU: about 0.6 GB for a DEFAULT_TILE tile and 64 channels
+# (the small preset), in proportion to the tile's area and the network's width.
+ACTIVATION_BYTES = 0.6e9
+MEMORY_ENV = "DIFFGEN_MEMORY_GB"
+
+
+def estimate_memory(width: int, height: int, *, scale: int, tile: int | None, deep: bool, alpha: bool,
+                    base_channels: int, on_cpu: bool) -> int:
+    """Bytes an upscale of a width x height image adds at its peak, beside the loaded model.
+
+    The input and its float copy stay all along; the peak is the larger of two moments: while tiles are
+    sampled (output canvas, the unfinished band of rows, the U-Net's activations) and while the canvas
+    becomes an image (canvas, Pillow's 4 bytes a pixel, twice while an alpha channel is put in).
+    """
+    tile = tile or DEFAULT_TILE
+    out_pixels = scale * scale * width * height
+    canvas = out_pixels * 3 * (2 if deep else 1)
+    band = 2 * 16 * scale * min(tile, height) * scale * width  # float colour + weight, copied as it grows
+    activations = ACTIVATION_BYTES * min(tile, height) * min(tile, width) / DEFAULT_TILE**2 * base_channels / 64
+    sampling = canvas + band + (activations if on_cpu else 0)
+    merging = canvas + out_pixels * (9 if alpha else 4)
+    return int(16 * width * height + max(sampling, merging))
+
+
+def memory_budget() -> int | None:
+    """Bytes an upscale may take: DIFFGEN_MEMORY_GB if set, else what the system has available (None: unknown)."""
+    given = os.environ.get(MEMORY_ENV)
+    if given is not None:
+        try:
+            return int(float(given) * 1e9)
+        except ValueError:
+            raise OptionError(f"{MEMORY_ENV}={given}: give the gigabytes diffgen may use, e.g. 32") from None
+    return available_memory()
+
+
+def available_memory() -> int | None:
+    """MemAvailable of the kernel (else its free memory), or less where a cgroup (a container) allows less; None
+    where nothing is known."""
+    limits = []
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        limits.append(int(meminfo.split("MemAvailable:")[1].split()[0]) * 1024)
+    except (OSError, IndexError, ValueError):
+        try:  # no /proc: the free pages, which leave out the file cache the kernel would give back
+            limits.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, OSError, ValueError):
+            pass
+    for limit, used in (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            folder = Path("/sys/fs/cgroup")
+            limits.append(int((folder / limit).read_text()) - int((folder / used).read_text()))
+        except (OSError, ValueError):  # no such cgroup, or "max": no limit
+            pass
+    return min(limits) if limits else None
+
+
+def check_memory(loaded: LoadedModel, src: Path, header: Image.Image, tile: int | None) -> None:
+    """Refuse, before decoding it, an image whose upscale would not fit in memory (the OOM killer would end it)."""
+    budget = memory_budget()
+    if budget is None:
+        return
+    weights = next(loaded.model.parameters())
+    s = loaded.spec.scale
+    need = estimate_memory(header.width, header.height, scale=s, tile=tile, deep=header.mode in DEEP_GREY,
+                           alpha=has_alpha(header), base_channels=loaded.spec.unet.base_channels,
+                           on_cpu=weights.device.type == "cpu")
+    if need > budget:
+        raise ImageError(f"{src}: upscaling {header.width}x{header.height} at x{s} needs about {need / 1e9:.1f} GB of "
+                         f"memory and {budget / 1e9:.1f} GB is available; upscale a smaller image (or parts of it), "
+                         f"or set {MEMORY_ENV} to the gigabytes diffgen may use to try anyway")
+
+
+def make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ImageError(f"{folder}: cannot create this folder ({e.strerror}); check the permissions of the "
+                         "folder above it or choose another --out") from None
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path  # an image file
+    folder: Path  # where it lies below the folder (or pattern) it was found in: mirrored under --out
+
+
+def collect_inputs(inputs: list[str], *, recursive: bool, suffix: str) -> list[Source]:
     """Expand files, folders and glob patterns into image files, in order, without duplicates."""
-    found: list[Path] = []
+    found: dict[Path, Source] = {}
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
-            found += sorted(
+            files = sorted(
                 p for p in path.glob(pattern)
                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(suffix)
             )
+            sources = [Source(p, p.parent.relative_to(path)) for p in files]
         elif path.exists() or not glob.has_magic(item):
-            found.append(path)  # a missing file is reported when it is opened
+            sources = [Source(path, Path())]  # a missing file is reported when it is opened
         else:
             matches = sorted(Path(p) for p in glob.glob(item, recursive=recursive) if Path(p).is_file())
             if not matches:
                 raise OptionError(f"{item}: no files match this pattern")
-            found += matches
-    return list(dict.fromkeys(found))
+            root = pattern_root(item)
+            sources = [Source(p, p.parent.relative_to(root)) for p in matches]
+        for source in sources:
+            found.setdefault(source.path, source)
+    return list(found.values())
 
 
-def output_path(src: Path, out: Path | None, *, suffix: str, fmt: str, many: bool) -> Path:
-    """Where the upscaled copy of `src` goes: beside it, into a folder, or to the file --out names."""
-    name = f"{src.stem}{suffix}.{fmt}"
-    if out is None:
-        return src.with_name(name)
-    if many or out.is_dir() or not out.suffix:
-        return out / name
-    return out
+def pattern_root(pattern: str) -> Path:
+    """The folder a glob pattern starts from: its parts before the first one with a wildcard."""
+    parts = Path(pattern).parts
+    literal = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    return Path(*parts[:literal]) if literal else Path()
+
+
+def count_of(n: int, noun: str) -> str:
+    """'1 image', '2 images'."""
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def out_is_file(out: Path | None) -> bool:
+    """--out names one file when it has an image suffix and is no existing folder ("v1.2" is a folder)."""
+    return out is not None and out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()
+
+
+def output_format(out: Path | None, fmt: str | None) -> str:
+    """Pillow's format of the outputs: an --out file's suffix sets it, else --format, else PNG."""
+    asked = format_of(fmt) if fmt else None
+    if not out_is_file(out):
+        return asked or "PNG"
+    own = format_of(out.suffix)
+    if own is None:
+        raise OptionError(f"--out {out}: diffgen cannot write {out.suffix} files; use {WRITABLE}")
+    if asked and asked != own:
+        raise OptionError(f"--out {out} and --format {fmt} disagree; leave out --format (the suffix sets the "
+                          "format) or change the suffix")
+    return own
+
+
+def plan_outputs(sources: list[Source], out: Path | None, *, suffix: str, fmt: str | None = None) -> list[tuple[Path, Path]]:
+    """(input, output) pairs: beside each input, mirrored under an --out folder, or the one --out file.
+
+    Refuses, before any work, two inputs that would write one output and an output that would replace its input.
+    """
+    fmt = output_format(out, fmt)
+    if out_is_file(out):
+        if len(sources) > 1:
+            raise OptionError(f"--out {out}: names one file, for {count_of(len(sources), 'image')}; give a folder "
+                              "(a name without an image suffix)")
+        plan = [(s.path, out) for s in sources]
+    else:
+        names = [f"{s.path.stem}{suffix}.{SUFFIX_OF[fmt]}" for s in sources]
+        plan = [(s.path, (s.path.parent if out is None else out / s.folder) / name) for s, name in zip(sources, names)]
+    check_distinct(plan)
+    return plan
+
+
+def check_distinct(plan: list[tuple[Path, Path]]) -> None:
+    written_by: dict[Path, Path] = {}
+    for src, dst in plan:
+        key = dst.resolve()
+        if key == src.resolve():
+            raise OptionError(f"{src}: its output would replace its own input; pass another --suffix or --out")
+        if key in written_by:
+            raise OptionError(f"{written_by[key]} and {src} would both be written to {dst}; rename one, or "
+                              "upscale them into different --out folders")
+        written_by[key] = src
