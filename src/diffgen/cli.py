@@ -15,7 +15,7 @@ import sys
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional, get_args
 
 import typer
 from rich.console import Console
@@ -25,8 +25,48 @@ if TYPE_CHECKING:
     from diffgen.generate import Outputs
     from diffgen.train import TrainConfig
 
+# --help in words: a value option shows what it takes (N, NUMBER, TEXT, PATH or its choices) and an on/off
+# switch nothing, where Typer would show Python types (<int>, <bool>, <list[str]>).
+METAVARS = {int: "N", float: "NUMBER", str: "TEXT", Path: "PATH"}
+CLICK_METAVARS = {"integer": "N", "float": "NUMBER", "text": "TEXT", "path": "PATH"}  # typer before 0.2x
+
+
+def plain_types(params) -> None:
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+        elif param.param_type_name == "argument":
+            param.display_type_rich = lambda ctx: None  # its name (IMAGES, DATA_DIR) says what it takes
+        elif param.metavar is None:
+            param.metavar = value_metavar(param)
+
+
+def value_metavar(param) -> str | None:
+    """What an option takes, in words; None (Typer's own display) for choices and anything unknown."""
+    descriptor = getattr(param, "type_descriptor", None)
+    annotation = getattr(descriptor, "annotation", None)
+    if getattr(descriptor, "is_list", False):
+        annotation = get_args(annotation)[0]
+    return METAVARS.get(annotation) or CLICK_METAVARS.get(getattr(getattr(param, "type", None), "name", None))
+
+
+class PlainCommand(typer.core.TyperCommand):
+    def get_params(self, ctx):  # --help among them
+        params = super().get_params(ctx)
+        plain_types(params)
+        return params
+
+
+class PlainGroup(typer.core.TyperGroup):
+    def get_params(self, ctx):  # --help and --install-completion among them
+        params = super().get_params(ctx)
+        plain_types(params)
+        return params
+
+
 app = typer.Typer(
     help="Train diffusion models on folders of images, generate new images, and upscale photos.",
+    cls=PlainGroup,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -85,7 +125,11 @@ class FormatOpt(str, Enum):
     bmp = "bmp"
 
 
-PRECISION_HELP = "auto: bf16 on CPUs with native bf16 (about 1.4-2x faster), else fp32."
+PRECISION_HELP = ("Number format: auto uses bfloat16 (bf16) on CPUs that compute it natively, about 1.4-2x faster, "
+                  "else float32 (fp32).")
+MODEL_HELP = "Bundled name, .safetensors file, run folder or Hugging Face Hub repo id (user/name, or user/name@revision)."
+ETA_HELP = "Fresh noise added at each step after the first (DDIM's η): 0 none, the same result every time; 1 the most."
+DEVICE_HELP = "auto (the GPU if there is one), cpu, cuda or cuda:N."
 SAMPLES_HELP = "Upscales to average (1-8), each of another flip or turn of the input: higher PSNR, that many times the time."
 
 
@@ -202,14 +246,14 @@ def check_positive(name: str, value: int | None) -> None:
         raise OptionError(f"{name} {value}: must be at least 1")
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 @run_command
 def train(
     ctx: typer.Context,
-    data_dir: Annotated[Path, typer.Argument(help="Folder of images; sub-folders are classes.")],
-    out: Annotated[Path, typer.Option("--out", help="Run folder for the model, state, log and samples.")] = Path("runs/latest"),
+    data_dir: Annotated[Path, typer.Argument(help="Folder of images; sub-folders are classes.", metavar="DATA_DIR")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder for the model, state, log and samples.")] = Path("runs/latest"),
     task: Annotated[TaskOpt, typer.Option(help="generate: new images; upscale: super-resolution.")] = TaskOpt.generate,
-    scale: Annotated[int, typer.Option(help="Upscaling factor (upscale task).")] = 4,
+    scale: Annotated[int, typer.Option("--scale", "-s", help="How many times larger the output is (upscale task).")] = 4,
     image_size: Annotated[Optional[int], typer.Option(help="Training resolution (HR crop size when upscaling).", show_default="32; upscale: 96")] = None,
     channels: Annotated[Optional[int], typer.Option(help="1, 3 or 4; default: as most images have.")] = None,
     crop: Annotated[CropOpt, typer.Option(help="Centre crop once, or a random crop each time.")] = CropOpt.center,
@@ -222,27 +266,27 @@ def train(
     max_steps: Annotated[Optional[int], typer.Option(help="Optimisation steps.", show_default="2000, or the resumed run's")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the data, instead of --max-steps.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per step (over all processes).")] = 32,
-    grad_accum: Annotated[int, typer.Option(help="Micro-batches per step.")] = 1,
-    lr: Annotated[float, typer.Option(help="Peak learning rate of AdamW.")] = 2e-4,
-    warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 200,
-    lr_decay: Annotated[bool, typer.Option("--lr-decay/--no-lr-decay", help="Cosine decay of the learning rate to zero at --max-steps.")] = False,
-    grad_clip: Annotated[float, typer.Option(help="Max gradient norm.")] = 1.0,
-    ema_decay: Annotated[float, typer.Option(help="EMA decay of the sampling weights.")] = 0.999,
-    prediction: Annotated[Optional[PredictionOpt], typer.Option(help="Network target (see docs/training.md).", show_default="v; upscale: x0")] = None,
-    schedule: Annotated[ScheduleOpt, typer.Option(help="Noise schedule.")] = ScheduleOpt.cosine,
-    min_snr_gamma: Annotated[Optional[float], typer.Option(help="Min-SNR-γ loss weighting; 0 turns it off.", show_default="5; upscale: 0")] = None,
+    grad_accum: Annotated[int, typer.Option(help="Split each batch into this many parts run one after another: less memory, the same result (gradient accumulation).")] = 1,
+    lr: Annotated[float, typer.Option(help="Largest learning rate, reached after the warm-up (AdamW).")] = 2e-4,
+    warmup_steps: Annotated[int, typer.Option(help="Steps over which the learning rate rises from 0 (warm-up).")] = 200,
+    lr_decay: Annotated[bool, typer.Option("--lr-decay/--no-lr-decay", help="Lower the learning rate to zero by the last step (cosine decay).")] = False,
+    grad_clip: Annotated[float, typer.Option(help="Largest size of one update; larger ones are scaled down (gradient-norm clipping).")] = 1.0,
+    ema_decay: Annotated[float, typer.Option(help="How slowly the averaged weights that sampling uses follow training (EMA decay).")] = 0.999,
+    prediction: Annotated[Optional[PredictionOpt], typer.Option(help="What the network learns to output: the noise (eps), a blend of noise and image (v) or the clean image (x0); docs/training.md.", show_default="v; upscale: x0")] = None,
+    schedule: Annotated[ScheduleOpt, typer.Option(help="How fast noise grows over the diffusion steps (noise schedule).")] = ScheduleOpt.cosine,
+    min_snr_gamma: Annotated[Optional[float], typer.Option(help="Weigh down the easy, almost clean steps in the loss (Min-SNR-γ, this is γ); 0 turns it off.", show_default="5; upscale: 0")] = None,
     pure_noise_share: Annotated[Optional[float], typer.Option(help="Share of each batch trained at pure noise, where sampling starts; few-step upscales gain most.", show_default="0; upscale: 0.5")] = None,
     random_shrink: Annotated[float, typer.Option(help="Upscaling: cut each crop as if its photo were shrunk by a random factor between this and 1, for more varied detail; 1 turns it off.")] = 1.0,
-    label_dropout: Annotated[float, typer.Option(help="Share of labels dropped, for classifier-free guidance.")] = 0.1,
+    label_dropout: Annotated[float, typer.Option(help="Share of images trained without their class, so that generate --guidance works (label dropout).")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of weights, data order and noise.")] = 0,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
     sample_every: Annotated[int, typer.Option(help="Sample grid every N steps.")] = 1000,
     log_every: Annotated[int, typer.Option(help="Log line every N steps.")] = 50,
-    workers: Annotated[int, typer.Option(help="DataLoader workers when the data is too big for memory.")] = 2,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.", show_default="auto; --resume: the run's")] = None,
-    precision: Annotated[Optional[PrecisionOpt], typer.Option(help="auto: bf16 autocast on CUDA, fp32 on CPUs; bf16 trains about 1.2x faster on CPUs with native bf16.", show_default="auto; --resume: the run's")] = None,
+    workers: Annotated[int, typer.Option(help="Processes that read images when the data is too big for memory (DataLoader workers).")] = 2,
+    device: Annotated[Optional[str], typer.Option(metavar="DEVICE", help=DEVICE_HELP, show_default="auto; --resume: the run's")] = None,
+    precision: Annotated[Optional[PrecisionOpt], typer.Option(help="Number format: auto is bfloat16 (bf16) on a GPU and float32 (fp32) on a CPU; bf16 trains about 1.2x faster on CPUs that compute it natively.", show_default="auto; --resume: the run's")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out where it stopped.")] = False,
-    init_from: Annotated[Optional[str], typer.Option(help="Fine-tune: start from this model (bundled name, file or run folder), keeping its architecture and target.")] = None,
+    init_from: Annotated[Optional[str], typer.Option(metavar="MODEL", help="Fine-tune: start from this model (bundled name, file, run folder or Hub repo id), keeping its architecture and target.")] = None,
 ) -> None:
     """Train a diffusion model on a folder of images.
 
@@ -448,25 +492,25 @@ def report_done(message: str) -> None:
     console.print(labelled("done:", "green", message), highlight=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 @run_command
 def generate(
-    model: Annotated[Optional[str], typer.Option(help="Bundled name, .safetensors file or run folder.", show_default="digits")] = None,
-    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 16,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for the numbered images.", show_default="generated; none with --grid")] = None,
+    model: Annotated[Optional[str], typer.Option(help=MODEL_HELP, metavar="MODEL", show_default="digits")] = None,
+    n: Annotated[int, typer.Option("--n", "-n", help="Number of images.")] = 16,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the numbered images.", show_default="generated; none with --grid")] = None,
     start: Annotated[Optional[int], typer.Option(help="Index of the first image (and its seed and class).", show_default="after the images in --out")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Number from 0 (or --start) and replace existing files.")] = False,
     seed: Annotated[int, typer.Option(help="Run seed; image i gets its own seed from it.")] = 0,
-    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 10,
-    sampler: Annotated[SamplerOpt, typer.Option(help="Sampler.")] = SamplerOpt.unipc,
-    spacing: Annotated[Optional[SpacingOpt], typer.Option(help="Timestep spacing.", show_default="the sampler's")] = None,
-    class_: Annotated[Optional[list[str]], typer.Option("--class", help="Class name or index; repeat for several; default: all in turn.")] = None,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance weight w; 0 is none.")] = 0.0,
+    steps: Annotated[int, typer.Option(help="Denoising steps: more is slower, and finer up to a point.")] = 10,
+    sampler: Annotated[SamplerOpt, typer.Option(help="Sampling method: unipc and dpm++2m need about 10 steps, ddim and heun more, ddpm all of the model's.")] = SamplerOpt.unipc,
+    spacing: Annotated[Optional[SpacingOpt], typer.Option(help="How the steps are spread over the noise levels (timestep spacing).", show_default="the sampler's")] = None,
+    class_: Annotated[Optional[list[str]], typer.Option("--class", metavar="CLASS", help="Class name or index; repeat for several; default: all in turn.")] = None,
+    guidance: Annotated[float, typer.Option(help="How strongly each image follows its class (classifier-free guidance weight w): 0 off; 0.5-1 makes every image its class, with less variety.")] = 0.0,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass; fewer if a batch would not fit in memory.")] = 16,
     grid: Annotated[Optional[Path], typer.Option(help="Write all images as one grid to this file (alone, unless --out is given).")] = None,
-    format: Annotated[FormatOpt, typer.Option("--format", help="Image format.")] = FormatOpt.png,
+    format: Annotated[FormatOpt, typer.Option("--format", case_sensitive=False, help="Image format.")] = FormatOpt.png,
     precision: Annotated[PrecisionOpt, typer.Option(help=PRECISION_HELP)] = PrecisionOpt.auto,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Generate images with a trained model. A second run into the same folder numbers its new images after the
     old ones; each PNG records the command that remakes it.
@@ -482,6 +526,7 @@ def generate(
         GenerationInterrupted, Outputs, Recipe, check_outputs, class_index, first_index, fit_batch_size, index_span,
         write_run,
     )
+    from diffgen.images import SUFFIX_OF, format_of  # noqa: PLC0415
     from diffgen.models import open_model  # noqa: PLC0415
     from diffgen.samplers import Sampler, Spacing  # noqa: PLC0415
     from diffgen.train import pick_device  # noqa: PLC0415
@@ -499,12 +544,13 @@ def generate(
     batch, note = fit_batch_size(loaded, batch_size, n, guided=guidance > 0 and bool(loaded.spec.class_names))
     folder = out if out is not None or grid is not None else Path("generated")
     outputs = Outputs(folder, first_index(folder, start, overwrite), n, grid, overwrite)
-    check_outputs(outputs, format.value, loaded.spec.image_size)
+    fmt = SUFFIX_OF[format_of(format.value)]  # jpeg and JPG write .jpg files
+    check_outputs(outputs, fmt, loaded.spec.image_size)
     for line in (note, continuing(outputs, start)):
         if line:
             console_err.print(labelled("note:", "yellow", line), highlight=False, soft_wrap=True)
     recipe = Recipe.of(loaded, seed=seed, steps=steps, sampler=Sampler(sampler.value),
-                       spacing=spacing and Spacing(spacing.value), classes=classes, guidance=guidance, fmt=format.value)
+                       spacing=spacing and Spacing(spacing.value), classes=classes, guidance=guidance, fmt=fmt)
     with ItemProgress("generating", n) as advance:
         try:
             write_run(loaded, recipe, outputs, batch_size=batch, callback=advance)
@@ -545,26 +591,26 @@ class ItemProgress:
         self.bar.__exit__(*exc)
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 @run_command
 def upscale(
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)],
-    model: Annotated[Optional[str], typer.Option(help="Bundled name, .safetensors file or run folder.", show_default="upscale-x4")] = None,
-    scale: Annotated[Optional[int], typer.Option(help="Upscaling factor; must match the model.", show_default="the model's")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output file (its suffix sets the format), or folder: sub-folders of inputs are mirrored in it.", show_default="beside each input")] = None,
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False, metavar="IMAGES")],
+    model: Annotated[Optional[str], typer.Option(help=MODEL_HELP, metavar="MODEL", show_default="upscale-x4")] = None,
+    scale: Annotated[Optional[int], typer.Option("--scale", "-s", help="How many times larger: the model's factor.", show_default="the model's")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output file (its suffix sets the format), or folder: sub-folders of inputs are mirrored in it.", show_default="beside each input")] = None,
     suffix: Annotated[Optional[str], typer.Option(help="Added to output names.", show_default="_x4 for x4")] = None,
     format: Annotated[Optional[FormatOpt], typer.Option("--format", case_sensitive=False, help="Output format.", show_default="png, or the --out file's")] = None,
     quality: Annotated[int, typer.Option(help="JPEG/WebP quality, 1-100.")] = 95,
     recursive: Annotated[bool, typer.Option("--recursive", help="Descend into sub-folders of folder inputs.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output exists and is complete.")] = False,
-    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 1,
-    eta: Annotated[float, typer.Option(help="DDIM η: 0 is deterministic, 1 adds fresh noise each step.")] = 0.0,
+    steps: Annotated[int, typer.Option(help="Denoising steps: 1 is the most faithful (highest PSNR); more add sampled texture.")] = 1,
+    eta: Annotated[float, typer.Option(help=ETA_HELP)] = 0.0,
     samples: Annotated[int, typer.Option(help=SAMPLES_HELP)] = 2,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
-    tile: Annotated[Optional[int], typer.Option(help="Tile side in input pixels.", show_default="automatic")] = None,
+    tile: Annotated[Optional[int], typer.Option(help="Side of the pieces the image is upscaled in, in input pixels: smaller uses less memory.", show_default="automatic")] = None,
     precision: Annotated[PrecisionOpt, typer.Option(help=PRECISION_HELP)] = PrecisionOpt.auto,
-    device: Annotated[str, typer.Option(help="auto (the GPU if there is one), cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Upscale images with a diffusion super-resolution model.
 
@@ -680,20 +726,23 @@ def stop_on_signals():
             signal.signal(s, handler)
 
 
-@app.command("eval-upscale")
+@app.command("eval-upscale", cls=PlainCommand)
 @run_command
 def eval_upscale(
-    hr_dir: Annotated[Path, typer.Argument(help="Folder of high-resolution images to score against.")],
-    model: Annotated[Optional[str], typer.Option(help="Bundled name, .safetensors file or run folder.", show_default="upscale-x4")] = None,
-    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 1,
-    eta: Annotated[float, typer.Option(help="DDIM η: 0 is deterministic, 1 adds fresh noise each step.")] = 0.0,
+    hr_dir: Annotated[Path, typer.Argument(help="Folder of high-resolution images to score against.", metavar="FOLDER")],
+    model: Annotated[Optional[str], typer.Option(help=MODEL_HELP, metavar="MODEL", show_default="upscale-x4")] = None,
+    steps: Annotated[int, typer.Option(help="Denoising steps: 1 is the most faithful (highest PSNR); more add sampled texture.")] = 1,
+    eta: Annotated[float, typer.Option(help=ETA_HELP)] = 0.0,
     samples: Annotated[int, typer.Option(help=SAMPLES_HELP)] = 2,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
-    tile: Annotated[Optional[int], typer.Option(help="Tile side in input pixels.", show_default="automatic")] = None,
+    tile: Annotated[Optional[int], typer.Option(help="Side of the pieces the image is upscaled in, in input pixels: smaller uses less memory.", show_default="automatic")] = None,
     precision: Annotated[PrecisionOpt, typer.Option(help=PRECISION_HELP)] = PrecisionOpt.auto,
-    device: Annotated[str, typer.Option(help="auto (the GPU if there is one), cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
 ) -> None:
-    """Downsample each image, upscale it back, and score diffgen and bicubic (PSNR/SSIM on Y).
+    """Shrink each image by the model's factor, upscale it back, and score how close diffgen and bicubic come to the original.
+
+    Scores are on brightness (Y): PSNR in decibels (dB; higher is closer, +1 dB is a clear gain) and SSIM
+    (structural similarity; 1 is identical).
 
     Examples:
       diffgen eval-upscale data/heldout
@@ -798,7 +847,7 @@ class BatchProgress:
         console_err.print(message, highlight=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 @run_command
 def models() -> None:
     """List the bundled models with their task, classes and size.
@@ -823,10 +872,10 @@ def models() -> None:
     print_table(table)
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 @run_command
 def info(
-    model: Annotated[str, typer.Argument(help="Bundled name, .safetensors file, run folder or Hub repo id.")],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP, metavar="MODEL")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw record as JSON, for tools.")] = False,
 ) -> None:
     """Show what a model does, how it was trained, where it came from and how to use it.
@@ -856,7 +905,7 @@ def info(
     print_table(table)
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 @run_command
 def export(
     run: Annotated[Path, typer.Argument(help="Run folder or model .safetensors file.")],
@@ -878,7 +927,7 @@ def export(
     report_done(f"exported to {folder}; upload with: {upload}")
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 @run_command
 def push(
     run: Annotated[Path, typer.Argument(help="Run folder or model .safetensors file.")],

@@ -241,7 +241,7 @@ def check_outputs(outputs: Outputs, fmt: str, image_size: int) -> None:
     """Refuse before sampling if a file the run would write is there (unless replacing), a folder cannot be
     made, or the grid would be too big to hold."""
     if fmt not in FORMATS:
-        raise OptionError(f"--format {fmt}: choose png, jpg or webp")
+        raise OptionError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if outputs.grid is not None:
         check_grid_size(outputs, image_size)
         make_folder(Path(outputs.grid).parent, "--grid")
