@@ -250,3 +250,34 @@ def test_the_expected_duration_is_said_once_from_the_first_steps():
         now[0] += 2.0 if step == 101 else 0.5  # the first step is slow (warm-up) and not counted
         said += [e] if (e := pace.after(step)) else []
     assert said == [Estimate(seconds=pytest.approx(0.5 * 990), step=110)]
+
+
+@pytest.mark.parametrize("field, value", [("spec", "{not json"), ("config", '{"data_dir": "d"}'), ("step", "ten")])
+def test_a_damaged_training_state_is_one_line_on_resume(class_folder, tmp_path, field, value):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    out = tmp_path / "r"
+    assert invoke(*train_args(class_folder, out, "--max-steps", 2)).exit_code == 0
+    state = out / "state.safetensors"
+    with safe_open(state, "pt") as f:
+        meta = f.metadata()
+    save_file(load_file(state), state, metadata=meta | {field: value})
+    r = invoke(*train_args(class_folder, out, "--max-steps", 3, "--resume"))
+    assert r.exit_code == 1 and "the training state is damaged" in r.output and str(state) in r.output
+    assert "internal error" not in r.output
+
+
+def test_a_unet_beyond_the_model_limits_is_refused_before_any_work(class_folder, tmp_path):
+    r = invoke(*train_args(class_folder, tmp_path / "r", "--channel-mults", "1,1,1,1,1,1,1,1,1", "--image-size", 512))
+    assert r.exit_code == 2 and "beyond diffgen's limits" in r.output and "channel_mults" in r.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_resume_command_is_shell_quoted(tmp_path):
+    from shlex import split
+
+    from diffgen.train import resume_command
+
+    cfg = config(tmp_path / "my data", tmp_path / "run; rm -rf x")
+    assert split(resume_command(cfg)) == ["diffgen", "train", str(cfg.data_dir), "--out", str(cfg.out_dir), "--resume"]

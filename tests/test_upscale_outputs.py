@@ -374,3 +374,11 @@ def test_exif_that_pillow_cannot_write_again_is_left_behind():
     assert carried_metadata(img, "RGB")["exif"][0x010F] == "Canon"
     img.getexif()[0x9999] = object()  # a value no EXIF type holds
     assert "exif" not in carried_metadata(img, "RGB")
+
+
+def test_file_names_with_control_characters_are_printed_escaped(model_file, tmp_path):
+    name = "a\x1b[2Jb\x07\nc.png"  # clear-screen, a bell and a newline in a file name
+    smooth_image(8, 8).save(tmp_path / name)
+    r = upscale(tmp_path / name, "--model", model_file)
+    assert r.exit_code == 0, r.output
+    assert "\x1b" not in r.output and "\x07" not in r.output and "a\\x1b[2Jb\\x07\\nc.png" in r.output

@@ -194,7 +194,7 @@ def run_command(fn):
         try:
             return fn(*args, **kwargs)
         except TrainingInterrupted as e:  # asked for, and saved: not an error
-            console_err.print(str(e), style="yellow", highlight=False, soft_wrap=True)
+            console_err.print(printable(str(e)), style="yellow", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except DiffgenError as e:
             raise fail(str(e), e.exit_code) from None
@@ -350,9 +350,9 @@ def report_trained(result, out: Path, *, resumed: bool) -> None:
     else:
         report_done(f"model written to {result.model_path}")
     samples = f"; samples: {result.samples}" if result.samples else ""
-    console.print(f"  step {result.step}, loss {result.loss:.4f}, {duration(result.seconds)}{samples}",
+    console.print(printable(f"  step {result.step}, loss {result.loss:.4f}, {duration(result.seconds)}{samples}"),
                   highlight=False, soft_wrap=True)
-    console.print(f"  next: {usage(result.spec, str(out))}", highlight=False, soft_wrap=True)
+    console.print(printable(f"  next: {usage(result.spec, str(out))}"), highlight=False, soft_wrap=True)
     if result.skipped:
         raise typer.Exit(3)
 
@@ -446,7 +446,7 @@ class TrainProgress:
         self.bar.__exit__(*exc)
 
     def say(self, text: str) -> None:
-        self.bar.console.print(text, highlight=False, soft_wrap=True)
+        self.bar.console.print(printable(text), highlight=False, soft_wrap=True)
 
     def update(self, event) -> None:
         from diffgen.train import Estimate, Finishing, Note, Started  # noqa: PLC0415
@@ -555,7 +555,7 @@ def generate(
         try:
             write_run(loaded, recipe, outputs, batch_size=batch, callback=advance)
         except GenerationInterrupted as e:  # asked for, and what was made is kept: not an error
-            console_err.print(str(e), style="yellow", highlight=False, soft_wrap=True)
+            console_err.print(printable(str(e)), style="yellow", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
     made = f"{plural(n, 'image')} in {folder} ({index_span(outputs.start, n)})" + (f", grid {grid}" if grid else "")
     made = made if folder else f"a grid of {plural(n, 'image')} in {grid}"
@@ -844,7 +844,7 @@ class BatchProgress:
         self.bar.update(self.tile_task, completed=done, total=total)
 
     def print(self, message: str | Text) -> None:
-        console_err.print(message, highlight=False, soft_wrap=True)
+        console_err.print(printable(message) if isinstance(message, str) else message, highlight=False, soft_wrap=True)
 
 
 @app.command(cls=PlainCommand)

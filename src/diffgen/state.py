@@ -8,6 +8,8 @@ noise of every batch are functions of the seed and the step (see `data.py`), so 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,12 +51,25 @@ def save_state(path: Path, model, ema, opt, spec: ModelSpec, cfg: "TrainConfig",
 
 
 def read_state(path: Path) -> tuple[dict, dict]:
+    """A training state's tensors and metadata; its spec and config are checked (`load_config`, `saved_spec`)."""
     tensors, meta = read_safetensors(path)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a diffgen training state; start a new run without --resume")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer diffgen; upgrade diffgen to resume it")
+    with damaged_state(path):
+        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise CheckpointError(f"{path}: written by a newer diffgen; upgrade diffgen to resume it")
+        int(meta["step"]), saved_spec(meta), config_from_json(meta["config"])
     return tensors, meta
+
+
+@contextmanager
+def damaged_state(path: Path) -> Iterator[None]:
+    """Turn what a damaged state's metadata raises into one line that names it."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: the training state is damaged ({type(e).__name__}: {e}); start a new run "
+                              "without --resume, or in another --out") from None
 
 
 def saved_spec(meta: dict) -> ModelSpec:
@@ -85,10 +100,14 @@ def config_to_json(cfg: "TrainConfig") -> str:
 
 def load_config(path: Path) -> "TrainConfig":
     """The train config a run was started with, from its state file."""
+    _, meta = read_state(path)
+    return config_from_json(meta["config"])
+
+
+def config_from_json(text: str) -> "TrainConfig":
     from diffgen.train import TrainConfig  # noqa: PLC0415 - train imports this module
 
-    _, meta = read_state(path)
-    d = json.loads(meta["config"])
+    d = json.loads(text)
     d["data_dir"], d["out_dir"] = Path(d["data_dir"]), Path(d["out_dir"])
     d["task"], d["prediction"], d["schedule"] = Task(d["task"]), Prediction(d["prediction"]), ScheduleKind(d["schedule"])
     d["crop"] = Crop(d.get("crop", Crop.CENTER))

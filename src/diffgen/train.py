@@ -14,6 +14,7 @@ import errno
 import json
 import math
 import os
+import shlex
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from diffgen.checkpoint import LoadedModel, ModelSpec, Task, load_model, save_model
+from diffgen.checkpoint import LoadedModel, ModelSpec, Task, check_spec, load_model, save_model
 from diffgen.data import (
     Crop, Dataset, DataOrder, FileImages, batch_generator, collate_crops, downsample, open_dataset, quantize,
     random_dihedral, random_flip, shrunk_crop, upsample,
@@ -231,7 +232,7 @@ def build_spec(cfg: TrainConfig, data: Dataset) -> ModelSpec:
     check_unet(unet)
     if cfg.image_size % unet.size_multiple:
         raise OptionError(f"--image-size {cfg.image_size}: the {cfg.preset} U-Net needs a multiple of {unet.size_multiple}")
-    return ModelSpec(
+    spec = ModelSpec(
         unet=unet,
         task=cfg.task,
         scale=cfg.scale if upscaling else 1,
@@ -243,6 +244,12 @@ def build_spec(cfg: TrainConfig, data: Dataset) -> ModelSpec:
         prediction=cfg.prediction,
         extra={"data": str(cfg.data_dir), "images": len(data)},
     )
+    try:
+        check_spec(spec)  # the limits every model file is held to: a model too big to load is never trained
+    except ValueError as e:
+        raise OptionError(f"the options ask for a model beyond diffgen's limits ({e}; docs/guarantees.md); "
+                          "choose a smaller --image-size or U-Net") from None
+    return spec
 
 
 def fine_tuned(cfg: TrainConfig, spec: ModelSpec, notify: Callable[[Event], None]) -> tuple[ModelSpec, torch.nn.Module]:
@@ -586,7 +593,7 @@ class Pace:
 
 
 def resume_command(cfg: TrainConfig) -> str:
-    return f"diffgen train {cfg.data_dir} --out {cfg.out_dir} --resume"
+    return shlex.join(["diffgen", "train", str(cfg.data_dir), "--out", str(cfg.out_dir), "--resume"])
 
 
 @contextmanager
