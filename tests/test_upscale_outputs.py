@@ -382,3 +382,11 @@ def test_file_names_with_control_characters_are_printed_escaped(model_file, tmp_
     r = upscale(tmp_path / name, "--model", model_file)
     assert r.exit_code == 0, r.output
     assert "\x1b" not in r.output and "\x07" not in r.output and "a\\x1b[2Jb\\x07\\nc.png" in r.output
+
+
+def test_an_existing_output_is_refused_before_the_work_with_both_ways_on(model_file, tmp_path, monkeypatch):
+    smooth_image(8, 8).save(tmp_path / "a.png")
+    assert upscale(tmp_path / "a.png", "--model", model_file).exit_code == 0
+    monkeypatch.setattr(diffgen.upscale, "upscale_file", lambda *a, **k: pytest.fail("upscaled before refusing"))
+    r = upscale(tmp_path / "a.png", "--model", model_file)
+    assert r.exit_code == 1 and "--skip-existing" in r.output and "--overwrite" in r.output

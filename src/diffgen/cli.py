@@ -671,6 +671,11 @@ class UpscaleBatch:
                 return
             progress.print(labelled("note:", "yellow", f"{dst}: incomplete or corrupt; upscaling {src} again"))
             overwrite = True
+        if not overwrite and dst.exists():  # said before the work, not after it
+            self.counts["failed"] += 1
+            progress.print(labelled("error:", "red", f"{dst}: already exists; pass --skip-existing to keep it or "
+                                                     "--overwrite to replace it, or choose another --out"))
+            return
         try:
             result = upscale_file(self.loaded, src, dst, overwrite=overwrite, callback=progress.tiles, **self.settings)
         except DiffgenError as e:
