@@ -43,3 +43,14 @@ def test_class_label_changes_the_output():
 def test_size_multiple():
     assert preset("tiny").size_multiple == 4
     assert preset("tiny", pixel_shuffle=4).size_multiple == 16
+
+
+def test_the_label_embedding_starts_as_nn_embedding_does():
+    from diffgen.unet import label_embedding
+
+    torch.manual_seed(3)
+    ours = label_embedding(11, 8).weight.detach().clone()
+    torch.manual_seed(3)
+    assert torch.equal(ours, torch.nn.Embedding(11, 8).weight.detach())
+    with torch.device("meta"):
+        assert label_embedding(11, 8).weight.is_meta

@@ -132,6 +132,16 @@ class Level(nn.Module):
         )
 
 
+def label_embedding(num: int, dim: int) -> nn.Embedding:
+    """nn.Embedding initialised as its own reset_parameters does (N(0, 1), the same random draws), except on
+    the meta device, where a first normal_ imports torch's Python meta kernels: about 1 s of every command
+    that loads a model, since `checkpoint.check_weights` builds the file's U-Net there to compare shapes."""
+    weight = torch.empty(num, dim)
+    if not weight.is_meta:
+        nn.init.normal_(weight)
+    return nn.Embedding(num, dim, _weight=weight)
+
+
 class UNet(nn.Module):
     def __init__(self, cfg: UNetConfig):
         super().__init__()
@@ -142,7 +152,7 @@ class UNet(nn.Module):
         folded = cfg.in_channels * cfg.pixel_shuffle**2
 
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
+        self.label_emb = label_embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
         self.conv_in = nn.Conv2d(folded + cfg.cond_channels, ch, 3, padding=1)
 
         # Down path: remember the width of every tensor pushed onto the skip stack.
