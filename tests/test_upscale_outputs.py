@@ -390,3 +390,27 @@ def test_an_existing_output_is_refused_before_the_work_with_both_ways_on(model_f
     monkeypatch.setattr(diffgen.upscale, "upscale_file", lambda *a, **k: pytest.fail("upscaled before refusing"))
     r = upscale(tmp_path / "a.png", "--model", model_file)
     assert r.exit_code == 1 and "--skip-existing" in r.output and "--overwrite" in r.output
+
+
+def test_a_rerun_over_a_pattern_leaves_earlier_outputs_alone(model_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    smooth_image(8, 8).save("a.png")
+    assert upscale("*.png", "--model", model_file).exit_code == 0
+    r = upscale("*.png", "--model", model_file, "--skip-existing")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "a_x4.png"]  # no a_x4_x4.png
+
+
+def test_an_output_that_would_replace_another_input_is_refused(model_file, tmp_path):
+    smooth_image(8, 8).save(tmp_path / "a.png")
+    smooth_image(8, 8).save(tmp_path / "a_x4.png")
+    before = (tmp_path / "a_x4.png").read_bytes()
+    r = upscale(tmp_path / "a.png", tmp_path / "a_x4.png", "--model", model_file, "--overwrite")
+    assert r.exit_code == 2 and "would replace the input" in r.output
+    assert (tmp_path / "a_x4.png").read_bytes() == before
+
+
+def test_an_empty_suffix_leaves_no_file_of_a_folder_out(model_file, tmp_path):
+    smooth_image(8, 8).save(tmp_path / "a.png")
+    r = upscale(tmp_path, "--model", model_file, "--suffix", "", "--out", tmp_path / "big")
+    assert r.exit_code == 0 and (tmp_path / "big" / "a.png").exists(), r.output

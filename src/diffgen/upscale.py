@@ -338,21 +338,23 @@ class Source:
 
 
 def collect_inputs(inputs: list[str], *, recursive: bool, suffix: str) -> list[Source]:
-    """Expand files, folders and glob patterns into image files, in order, without duplicates."""
+    """Expand files, folders and glob patterns into image files, in order, without duplicates. Folders and
+    patterns leave out earlier outputs (names ending in `suffix`), so a rerun does not upscale them again."""
     found: dict[Path, Source] = {}
+    is_output = lambda p: bool(suffix) and p.stem.endswith(suffix)
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
             files = sorted(
                 p for p in path.glob(pattern)
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(suffix)
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not is_output(p)
             )
             sources = [Source(p, p.parent.relative_to(path)) for p in files]
         elif path.exists() or not glob.has_magic(item):
             sources = [Source(path, Path())]  # a missing file is reported when it is opened
         else:
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=recursive) if Path(p).is_file())
+            matches = sorted(p for p in map(Path, glob.glob(item, recursive=recursive)) if p.is_file() and not is_output(p))
             if not matches:
                 raise OptionError(f"{item}: no files match this pattern")
             root = pattern_root(item)
@@ -412,11 +414,15 @@ def plan_outputs(sources: list[Source], out: Path | None, *, suffix: str, fmt: s
 
 
 def check_distinct(plan: list[tuple[Path, Path]]) -> None:
+    inputs = {src.resolve(): src for src, _ in plan}
     written_by: dict[Path, Path] = {}
     for src, dst in plan:
         key = dst.resolve()
         if key == src.resolve():
             raise OptionError(f"{src}: its output would replace its own input; pass another --suffix or --out")
+        if key in inputs:
+            raise OptionError(f"{src}: its output {dst} would replace the input {inputs[key]}; pass another --suffix "
+                              "or --out")
         if key in written_by:
             raise OptionError(f"{written_by[key]} and {src} would both be written to {dst}; rename one, or "
                               "upscale them into different --out folders")
