@@ -336,20 +336,36 @@ def diffgen_umask() -> int:
 
 
 def test_a_rerun_replaces_what_a_killed_export_left(tmp_path):
+    import os
+
     model = tiny_model(tmp_path, "m.safetensors")
-    old = tmp_path / "old"  # an older diffgen wrote in place: a kill left a truncated model and no card
+    old = tmp_path / "old"  # killed while its files were put in place: config.json (first) and no card
     old.mkdir()
-    (old / "model.safetensors").write_bytes(model.read_bytes()[:100])
-    (old / "config.json").write_text("{")
-    left = tmp_path / ".new.x1y2z3.diffgen-export"  # this one builds in a hidden sibling folder
-    left.mkdir()
-    (left / "model.safetensors").write_bytes(b"half")
+    (old / "config.json").write_text('{"format": "diffgen"}')
+    (old / "sample_grid.png").write_bytes(b"an older grid")
+    stale, running = (tmp_path / f".new.{tag}.diffgen-export" for tag in ("x1y2z3", "a4b5c6"))
+    for build in (stale, running):  # a killed export's build folder, and one an export is writing now
+        build.mkdir()
+        (build / "model.safetensors").write_bytes(b"half")
+    os.utime(stale, (0, 0))
     for out in (old, tmp_path / "new"):
         hub.export_run(model, out)
         assert (out / "model.safetensors").read_bytes() == model.read_bytes() and (out / "README.md").is_file()
-    assert not left.exists()
+    assert not (old / "sample_grid.png").exists()  # the model file has no run folder, so no grid
+    assert not stale.exists() and running.exists()
     with pytest.raises(OptionError, match="new: not an empty folder"):  # a finished export may hold the user's edits
         hub.export_run(model, tmp_path / "new")
+
+
+@pytest.mark.parametrize("files", [{"config.json": '{"my": 1}'}, {"model.safetensors": "mine"}, {"config.json": "{"}])
+def test_a_users_own_files_are_never_taken_for_a_half_export(tmp_path, files):
+    model = tiny_model(tmp_path, "m.safetensors")
+    (tmp_path / "proj").mkdir()
+    for name, text in files.items():
+        (tmp_path / "proj" / name).write_text(text)
+    with pytest.raises(OptionError, match="proj: not an empty folder"):
+        hub.export_run(model, tmp_path / "proj")
+    assert {p.name: p.read_text() for p in (tmp_path / "proj").iterdir()} == files
 
 
 def test_printed_commands_are_shell_quoted(tmp_path, offline_hub):
@@ -391,5 +407,8 @@ def test_export_into_the_current_empty_folder(tmp_path, monkeypatch):
     model = tiny_model(tmp_path, "m.safetensors")
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")
+    before = (tmp_path / "here").stat().st_ino
     hub.export_run(model, Path("."))
     assert (tmp_path / "here" / "model.safetensors").read_bytes() == model.read_bytes()
+    assert (tmp_path / "here").stat().st_ino == before  # the same folder, not one renamed over it
+    assert sorted(p.name for p in Path(".").iterdir()) == ["README.md", "config.json", "model.safetensors"]

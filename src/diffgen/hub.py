@@ -22,6 +22,7 @@ import shlex
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -187,33 +188,35 @@ def newest_sample(run_or_model: Path) -> Path | None:
     return steps[max(steps)] if steps else None
 
 
-EXPORT_FILES = {MODEL_FILE, "config.json", "README.md", "sample_grid.png"}
+EXPORT_FILES = ("config.json", MODEL_FILE, "sample_grid.png", "README.md")  # in the order they are put in place
 PARTIAL = ".diffgen-export"  # suffix of the hidden folder an export is built in
+STALE_BUILD_S = 600  # a build folder this old is from a killed export, not one still running
 
 
 def export_run(run_or_model: Path, out_dir: Path, *, repo_id: str | None = None, license: str = "mit") -> Path:
     """Write a folder ready for `hf upload`: the model file (byte for byte), config.json, README.md, samples.
 
     `repo_id` is the repo the folder is meant for, used in the card's commands (default: a USER/NAME
-    placeholder). The folder is built under a hidden temporary name beside `out_dir` and renamed into
-    place when complete, so a kill or a full disk never leaves a half export that could be uploaded.
-    Refuses a folder that is not empty, unless it is what an interrupted export left.
+    placeholder). The files are built in a hidden folder beside `out_dir`, then renamed into place: the
+    folder itself when it is new, else file by file with the card last, so a kill or a full disk never
+    leaves what looks like a finished export. Refuses a folder that is not empty, unless it is what an
+    interrupted export left (a diffgen config.json and export files, without the card).
     """
     source, out_dir = model_file(run_or_model), Path(out_dir)
     spec, metadata, params = read_model_file(source)
-    partial = check_export_folder(out_dir)
+    check_export_folder(out_dir)
     place = Path(os.path.abspath(out_dir))  # "." has a name and a parent too
     try:
         place.parent.mkdir(parents=True, exist_ok=True)
-        for left in place.parent.glob(f".{glob.escape(place.name)}.*{PARTIAL}"):  # from a killed export
-            shutil.rmtree(left, ignore_errors=True)
+        remove_stale_builds(place)
         tmp = Path(tempfile.mkdtemp(prefix=f".{place.name}.", suffix=PARTIAL, dir=place.parent))
         try:
             os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes a private folder; the export is an ordinary one
             write_export(tmp, source, run_or_model, spec, metadata, params, repo_id=repo_id, license=license)
-            if partial:
-                shutil.rmtree(place)
-            os.replace(tmp, place)  # replaces an empty folder, refuses any other
+            if place.is_dir():
+                move_into(tmp, place)  # the folder stays: its permissions, and a shell that is in it
+            else:
+                os.replace(tmp, place)
             fsync_dir(place.parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -223,18 +226,46 @@ def export_run(run_or_model: Path, out_dir: Path, *, repo_id: str | None = None,
     return out_dir
 
 
-def check_export_folder(out_dir: Path) -> bool:
-    """Refuse an export folder holding anything but an interrupted export; True if it holds one.
-
-    An export before the build-and-rename one wrote in place, the card last: export files without a
-    card are a half export. A finished one is kept: its card may hold the user's edits.
-    """
+def check_export_folder(out_dir: Path) -> None:
+    """Refuse an export folder holding anything but what an interrupted export left."""
     if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
-        return False
-    names = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else set()
-    if names and names <= EXPORT_FILES - {"README.md"} and all((out_dir / n).is_file() for n in names):
-        return True
+        return
+    if out_dir.is_dir() and is_half_export(out_dir):
+        return
     raise OptionError(f"{out_dir}: not an empty folder; export into a new or empty one")
+
+
+def is_half_export(folder: Path) -> bool:
+    """Export files without the card, config.json (put in place first) saying it is diffgen's: a user's own
+    config.json is never taken for one."""
+    names = {p.name for p in folder.iterdir()}
+    if "config.json" not in names or not names <= set(EXPORT_FILES[:-1]):
+        return False
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("format") == "diffgen"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def move_into(built: Path, folder: Path) -> None:
+    """Put an export built in `built` into the existing `folder`, the card last; what an interrupted export
+    left there and this one lacks is removed first."""
+    for stale in set(EXPORT_FILES) - {p.name for p in built.iterdir()}:
+        (folder / stale).unlink(missing_ok=True)
+    for name in EXPORT_FILES:
+        if (built / name).exists():
+            os.replace(built / name, folder / name)
+    fsync_dir(folder)
+
+
+def remove_stale_builds(place: Path) -> None:
+    """Remove build folders that killed exports to `place` left; a running export's is younger."""
+    for left in place.parent.glob(f".{glob.escape(place.name)}.*{PARTIAL}"):
+        try:
+            if time.time() - left.stat().st_mtime > STALE_BUILD_S:
+                shutil.rmtree(left, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def write_export(folder: Path, source: Path, run_or_model: Path, spec: ModelSpec, metadata: dict[str, str],
