@@ -281,3 +281,18 @@ def test_the_resume_command_is_shell_quoted(tmp_path):
 
     cfg = config(tmp_path / "my data", tmp_path / "run; rm -rf x")
     assert split(resume_command(cfg)) == ["diffgen", "train", str(cfg.data_dir), "--out", str(cfg.out_dir), "--resume"]
+
+
+def test_a_resume_keeps_the_runs_colours_when_the_datas_majority_changed(tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "ds"
+    data.mkdir()
+    for i in range(4):  # 3 grey and 1 colour: the run is grey
+        Image.new("L" if i < 3 else "RGB", (8, 8), 90).save(data / f"{i}.png")
+    assert invoke(*train_args(data, tmp_path / "r", "--image-size", 8, "--max-steps", 2)).exit_code == 0
+    for i in range(4, 8):  # now most images are colour
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(data / f"{i}.png")
+    r = invoke(*train_args(data, tmp_path / "r", "--image-size", 8, "--max-steps", 3, "--resume"))
+    assert r.exit_code == 0, r.output
+    assert load_model(tmp_path / "r" / "model.safetensors").spec.channels == 1

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import save as st_save
 
-from diffgen.checkpoint import ModelSpec, Task, read_safetensors
+from diffgen.checkpoint import ModelSpec, Task, open_safetensors, read_safetensors
 from diffgen.files import atomic_write
 from diffgen.data import Crop
 from diffgen.errors import CheckpointError
@@ -70,6 +70,14 @@ def damaged_state(path: Path) -> Iterator[None]:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: the training state is damaged ({type(e).__name__}: {e}); start a new run "
                               "without --resume, or in another --out") from None
+
+
+def state_spec(path: Path) -> ModelSpec:
+    """The spec of the network a run's state holds, from its header alone."""
+    with open_safetensors(path) as f:
+        meta = f.metadata() or {}
+    with damaged_state(path):
+        return saved_spec(meta)
 
 
 def saved_spec(meta: dict) -> ModelSpec:

@@ -37,7 +37,7 @@ from diffgen.generate import sample_batch
 from diffgen.images import make_grid, save_image, tensor_to_pil, to_model_range
 from diffgen.models import resolve
 from diffgen.schedule import Prediction, ScheduleKind, min_snr_weight, q_sample, target
-from diffgen.state import read_state, restore_state, save_state, saved_spec
+from diffgen.state import read_state, restore_state, save_state, saved_spec, state_spec
 from diffgen.unet import PRESETS, UNet, UNetConfig, preset
 from diffgen.upscale import Sampling, upscale_tensor
 
@@ -468,6 +468,8 @@ def train(
         check_run_dir(out, Path(cfg.data_dir), resume)
         if ranks.world > 1:
             dist.barrier()  # every rank has checked --out before rank 0 writes to it
+        if resume and cfg.channels is None:  # the run's own colours, whatever the data's majority is now
+            cfg = replace(cfg, channels=state_spec(out / "state.safetensors").channels)
         cfg, data = load_data(cfg, notify)
         # The model is checked against the options and the data before the run folder is touched.
         spec, start = build_spec(cfg, data), None
