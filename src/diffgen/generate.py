@@ -27,6 +27,7 @@ from diffgen.denoiser import make_denoiser
 from diffgen.errors import DiffgenError, ImageError, OptionError
 from diffgen.hub import model_identity, origin
 from diffgen.images import FORMATS, make_grid, max_pixels, save_image, tensor_to_pil
+from diffgen.memory import available_memory
 from diffgen.samplers import Sampler, Spacing, randn_like, sample
 
 Progress = Callable[[int, int], None]  # (images done, total)
@@ -391,39 +392,6 @@ def image_bytes(spec: ModelSpec, *, guided: bool = False) -> int:
     below = widths[1:] + widths[-1:]
     block = max((b + 2 * w) * a for w, b, a in zip(widths, below, areas))
     return 4 * (skips + WORKING_COPIES * block) * (2 if guided else 1)
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes free for a batch on `device`, None where that cannot be told."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    if device.type != "cpu":
-        return None
-    known = [b for b in (meminfo_available(), cgroup_headroom()) if b is not None]
-    return min(known, default=None)
-
-
-def meminfo_available() -> int | None:
-    """MemAvailable of /proc/meminfo (Linux): free memory plus caches the kernel can drop."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def cgroup_headroom() -> int | None:
-    """What the container's memory limit (cgroup v2 or v1) still allows; past it the process is killed."""
-    root = Path("/sys/fs/cgroup")
-    v1 = ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")
-    for limit, usage in (("memory.max", "memory.current"), v1):
-        try:
-            return int((root / limit).read_text()) - int((root / usage).read_text())
-        except (OSError, ValueError):  # no such file, or "max": no limit
-            continue
-    return None
 
 
 def fit_batch_size(loaded: LoadedModel, batch_size: int, n: int, *, guided: bool) -> tuple[int, str | None]:

@@ -35,6 +35,7 @@ from diffgen.errors import DataError, DiffgenError, OptionError, TrainingInterru
 from diffgen.files import atomic_write
 from diffgen.generate import sample_batch
 from diffgen.images import make_grid, save_image, tensor_to_pil, to_model_range
+from diffgen.memory import available_memory
 from diffgen.models import resolve
 from diffgen.schedule import Prediction, ScheduleKind, min_snr_weight, q_sample, target
 from diffgen.state import read_state, restore_state, save_state, saved_spec, state_spec
@@ -643,26 +644,6 @@ def training_memory(unet: UNetConfig, image_size: int, micro: int) -> MemoryNeed
         net(x, t, labels, cond)
     activations = sum(tensor.numel() * tensor.element_size() for tensor in saved.values())
     return MemoryNeed(activations, 5 * 4 * sum(p.numel() for p in net.parameters()))
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes free for a new run on `device`: the GPU's free memory, or the machine's available memory
-    (MemAvailable, else the free physical pages); None where it cannot be told."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    if device.type != "cpu":
-        return None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_memory(spec: ModelSpec, cfg: TrainConfig, device: torch.device, ranks: Ranks) -> None:

@@ -49,6 +49,7 @@ from diffgen.images import (
     save_image,
     split_planes,
 )
+from diffgen.memory import available_memory
 from diffgen.samplers import randn_like, sample_ddim
 
 # One step (the model's MMSE estimate) averaged over two mirror images beats two steps of one view, at
@@ -284,27 +285,6 @@ def memory_budget() -> int | None:
         except ValueError:
             raise OptionError(f"{MEMORY_ENV}={given}: give the gigabytes diffgen may use, e.g. 32") from None
     return available_memory()
-
-
-def available_memory() -> int | None:
-    """MemAvailable of the kernel (else its free memory), or less where a cgroup (a container) allows less; None
-    where nothing is known."""
-    limits = []
-    try:
-        meminfo = Path("/proc/meminfo").read_text()
-        limits.append(int(meminfo.split("MemAvailable:")[1].split()[0]) * 1024)
-    except (OSError, IndexError, ValueError):
-        try:  # no /proc: the free pages, which leave out the file cache the kernel would give back
-            limits.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (AttributeError, OSError, ValueError):
-            pass
-    for limit, used in (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
-        try:
-            folder = Path("/sys/fs/cgroup")
-            limits.append(int((folder / limit).read_text()) - int((folder / used).read_text()))
-        except (OSError, ValueError):  # no such cgroup, or "max": no limit
-            pass
-    return min(limits) if limits else None
 
 
 def check_memory(loaded: LoadedModel, src: Path, header: Image.Image, tile: int | None) -> None:
