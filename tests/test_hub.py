@@ -412,3 +412,19 @@ def test_export_into_the_current_empty_folder(tmp_path, monkeypatch):
     assert (tmp_path / "here" / "model.safetensors").read_bytes() == model.read_bytes()
     assert (tmp_path / "here").stat().st_ino == before  # the same folder, not one renamed over it
     assert sorted(p.name for p in Path(".").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+
+
+@pytest.mark.parametrize("code, needle", [(28, "no space left in the Hugging Face cache"),  # ENOSPC
+                                          (30, "cannot write the Hugging Face cache")])  # EROFS
+def test_a_full_or_read_only_hub_cache_is_not_called_damaged(offline_hub, monkeypatch, code, needle):
+    import os
+
+    import huggingface_hub
+
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fail)
+    with pytest.raises(CheckpointError, match=needle) as e:
+        open_model("user/name", Task.GENERATE)
+    assert "damaged" not in str(e.value)

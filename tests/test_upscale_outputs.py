@@ -212,10 +212,13 @@ def test_temporary_files_a_killed_write_left_are_removed_with_the_next_write(tmp
 
     left = [tmp_path / ".a_x4.png.k1ll3d_x.tmp", tmp_path / ".a_x4.png.zz9a8b7c.tmp"]
     others = [tmp_path / ".b_x4.png.k1ll3d_x.tmp", tmp_path / ".a_x4.png.x.k1ll3d_x.tmp", tmp_path / "a_x4.png.tmp"]
-    for path in left + others:
+    running = tmp_path / ".a_x4.png.n0wbusy.tmp"  # another process writing the same file this moment
+    for path in left + others + [running]:
         path.write_bytes(b"half")
+        if path != running:
+            os.utime(path, (0, 0))
     atomic_write(tmp_path / "a_x4.png", b"new", overwrite=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a_x4.png"] + [p.name for p in others])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a_x4.png", running.name] + [p.name for p in others])
 
 
 def camera_exif(orientation: int) -> Image.Exif:

@@ -12,6 +12,7 @@ import glob
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -41,12 +42,18 @@ def atomic_write(path: Path, data: bytes, *, overwrite: bool = True) -> None:
     fsync_dir(path.parent)
 
 
+STALE_TEMP_S = 600  # a temporary file this old is from a killed write, not one another process is making
+
+
 def remove_stale_temps(path: Path) -> None:
     """Remove the temporary files of `path` that a killed earlier write left (mkstemp's 8 random characters)."""
     stale = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
     for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        if stale.fullmatch(leftover.name):
-            leftover.unlink(missing_ok=True)
+        try:
+            if stale.fullmatch(leftover.name) and time.time() - leftover.stat().st_mtime > STALE_TEMP_S:
+                leftover.unlink(missing_ok=True)
+        except OSError:  # gone meanwhile, or not ours to remove: harmless either way
+            pass
 
 
 def fsync_dir(folder: Path) -> None:

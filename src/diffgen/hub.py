@@ -12,6 +12,7 @@ start-up, and most runs never need it.
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import importlib
@@ -112,10 +113,16 @@ def hub_model_file(repo_id: str, revision: str | None = None) -> Path:
         )
     except (EntryNotFoundError, HfHubHTTPError, *connection_errors()) as e:
         raise download_error(e, repo_id, revision) from None
-    except (OSError, UnicodeDecodeError) as e:  # a damaged cache: a ref that is not text, an unreadable file
+    except (OSError, UnicodeDecodeError) as e:  # a full or read-only cache, or a damaged one
         from huggingface_hub import constants
 
         folder = (hub_cache() or Path(constants.HF_HUB_CACHE)) / ("models--" + repo_id.replace("/", "--"))
+        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            raise CheckpointError(f"{repo_id}: no space left in the Hugging Face cache ({folder.parent}); free some "
+                                  "space or point HF_HOME at a bigger disk") from None
+        if getattr(e, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise CheckpointError(f"{repo_id}: cannot write the Hugging Face cache ({folder.parent}: "
+                                  f"{e.strerror}); check its permissions or point HF_HOME elsewhere") from None
         raise CheckpointError(f"{repo_id}: its entry in the Hugging Face cache is damaged ({first_line(e)}); "
                               f"delete {folder} and run again to download it afresh") from None
     return Path(path)
