@@ -285,3 +285,34 @@ def test_the_estimate_grows_with_the_image_and_the_network(model_file):
     wider = replace(spec, unet=replace(spec.unet, base_channels=16))
     assert generate.image_bytes(bigger) == 4 * generate.image_bytes(spec)  # activations scale with pixels
     assert generate.image_bytes(wider) == 2 * generate.image_bytes(spec)  # and with width
+
+
+def test_sigterm_keeps_the_written_batches_too(model_file, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    real, calls = generate.sample_batch, []
+
+    def terminated_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # what `kill` or a job scheduler sends
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "sample_batch", terminated_second)
+    r = run(model_file, "--n", 6, "--out", tmp_path / "imgs", "--batch-size", 2)
+    assert r.exit_code == 143 and "2 of 6 images" in r.output and "continue with" in r.output
+    assert names(tmp_path / "imgs") == ["00000.png", "00001.png"]
+
+
+def test_a_remake_command_works_from_another_folder(model_file, tmp_path, monkeypatch):
+    (tmp_path / "m.safetensors").write_bytes(model_file.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert run(Path("m.safetensors"), "--n", 2, "--out", "imgs").exit_code == 0
+    with Image.open(tmp_path / "imgs" / "00001.png") as img:
+        argv = shlex.split(img.text["remake"])
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    r = invoke(*argv[1:])
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(pixels(tmp_path / "elsewhere" / "generated" / "00001.png"), pixels(tmp_path / "imgs" / "00001.png"))

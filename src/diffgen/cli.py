@@ -553,7 +553,8 @@ def generate(
                        spacing=spacing and Spacing(spacing.value), classes=classes, guidance=guidance, fmt=fmt)
     with ItemProgress("generating", n) as advance:
         try:
-            write_run(loaded, recipe, outputs, batch_size=batch, callback=advance)
+            with stop_on_signals():  # SIGTERM too keeps what was written and says how to go on
+                write_run(loaded, recipe, outputs, batch_size=batch, callback=advance)
         except GenerationInterrupted as e:  # asked for, and what was made is kept: not an error
             console_err.print(printable(str(e)), style="yellow", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
@@ -699,7 +700,7 @@ def device_of(loaded) -> str:
     return str(next(loaded.model.parameters()).device)
 
 
-class Stopped(BaseException):  # like KeyboardInterrupt: no `except Exception` swallows it
+class Stopped(KeyboardInterrupt):  # no `except Exception` swallows it; the core stops on it as on Ctrl-C
     """SIGINT or SIGTERM during a batch: stop at once; an atomic write in progress removes its temporary file."""
 
     def __init__(self, signum: int):

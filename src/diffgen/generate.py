@@ -199,6 +199,8 @@ class Recipe:
 def model_option(path: Path) -> str:
     """A --model value that names exactly this file, wherever it came from."""
     source = origin(path)
+    if source["source"] == "file":
+        return os.path.abspath(source["model"])  # from any folder the remake is run in
     return f"{source['model']}@{source['commit']}" if source["source"] == "hub" else source["model"]
 
 
@@ -305,8 +307,10 @@ def write_run(
             kept += batch if outputs.grid is not None else []
             if callback:
                 callback(done, outputs.n)
-    except KeyboardInterrupt:
-        raise GenerationInterrupted(interrupted(recipe, outputs, written(outputs, recipe.fmt, done))) from None
+    except KeyboardInterrupt as e:  # Ctrl-C, or a signal the caller turned into one (its exit_code: 143 for SIGTERM)
+        stopped = GenerationInterrupted(interrupted(recipe, outputs, written(outputs, recipe.fmt, done)))
+        stopped.exit_code = getattr(e, "exit_code", GenerationInterrupted.exit_code)
+        raise stopped from None
     if outputs.grid is not None:
         grid_text = recipe.text() | {"remake": recipe.command(outputs.start, outputs.n, "--grid", str(outputs.grid))}
         grid_image = make_grid(*grid_layout(kept), pad=GRID_PAD)
