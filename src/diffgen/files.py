@@ -8,6 +8,7 @@ file a killed write left is removed the next time that file is written.
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import re
@@ -54,6 +55,15 @@ def remove_stale_temps(path: Path) -> None:
                 leftover.unlink(missing_ok=True)
         except OSError:  # gone meanwhile, or not ours to remove: harmless either way
             pass
+
+
+def write_fix(e: OSError) -> str:
+    """What to do about a failed write, by its cause."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "check the folder's permissions"
+    return "check the disk"
 
 
 def fsync_dir(folder: Path) -> None:

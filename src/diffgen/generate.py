@@ -26,7 +26,7 @@ from diffgen.data import derived_seed
 from diffgen.denoiser import make_denoiser
 from diffgen.errors import DiffgenError, ImageError, OptionError
 from diffgen.hub import model_identity, origin
-from diffgen.images import FORMATS, make_grid, max_pixels, save_image, tensor_to_pil
+from diffgen.images import FORMATS, make_folder, make_grid, max_pixels, save_image, tensor_to_pil
 from diffgen.memory import available_memory
 from diffgen.samplers import Sampler, Spacing, randn_like, sample
 
@@ -271,21 +271,6 @@ def check_grid_size(outputs: Outputs, image_size: int) -> None:
         raise OptionError(f"--grid {outputs.grid}: {outputs.n} images of {image_size}x{image_size} make a grid of "
                           f"about {pixels:,} pixels, over the limit of {max_pixels():,}; use a smaller --n, leave "
                           "out --grid, or raise DIFFGEN_MAX_PIXELS")
-
-
-def make_folder(folder: Path, option: str) -> None:
-    """Make an output folder, or say in one line why it cannot be."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ImageError(f"{option} {folder}: is a file, not a folder; choose a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ImageError(f"{option} {folder}: cannot make the folder ({e.strerror}); check the permissions of the "
-                         f"folder above it, or choose another {option}") from None
-    if not os.access(folder, os.W_OK):
-        raise ImageError(f"{option} {folder}: the folder is not writable; check its permissions or choose another "
-                         f"{option}")
 
 
 # --- writing a run -----------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from diffgen import models
 from diffgen.checkpoint import LoadedModel, ModelSpec, Task, read_header
 from diffgen.errors import CheckpointError, DiffgenError, OptionError
-from diffgen.files import atomic_write, fsync_dir, umask
+from diffgen.files import atomic_write, fsync_dir, umask, write_fix
 
 MODEL_FILE = "model.safetensors"
 # A user or repo name as the Hub allows it: letters, digits, `_`, `-` and `.`, starting and ending with
@@ -228,8 +228,8 @@ def export_run(run_or_model: Path, out_dir: Path, *, repo_id: str | None = None,
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     except OSError as e:
-        raise DiffgenError(f"{out_dir}: cannot write the export ({e.strerror or e}); free some space or check "
-                           "the folder's permissions, then run it again") from None
+        raise DiffgenError(f"{out_dir}: cannot write the export ({e.strerror or e}); {write_fix(e)}, then run it "
+                           "again") from None
     return out_dir
 
 

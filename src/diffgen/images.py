@@ -10,7 +10,6 @@ the format follows the suffix (PNG, JPEG, WebP, TIFF, BMP), and what a format ca
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import warnings
@@ -23,7 +22,7 @@ from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 from torch import Tensor
 
 from diffgen.errors import ImageError
-from diffgen.files import atomic_write
+from diffgen.files import atomic_write, write_fix
 
 DEFAULT_MAX_PIXELS = 256_000_000
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -275,9 +274,23 @@ def save_image(
     except FileExistsError:
         raise ImageError(f"{path}: already exists; pass --overwrite to replace it or choose another --out") from None
     except OSError as e:
-        fix = "free some space" if e.errno == errno.ENOSPC else "check the folder's permissions"
-        raise ImageError(f"{path}: cannot write ({e.strerror}); {fix} or choose another --out") from None
+        raise ImageError(f"{path}: cannot write ({e.strerror}); {write_fix(e)} or choose another --out") from None
     return "; ".join(notes) or None
+
+
+def make_folder(folder: Path, option: str = "--out") -> None:
+    """Make an output folder before the work that fills it, or say in one line why it cannot be."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ImageError(f"{option} {folder}: is a file, not a folder; choose a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ImageError(f"{option} {folder}: cannot make the folder ({e.strerror}); check the permissions of the "
+                         f"folder above it, or choose another {option}") from None
+    if not os.access(folder, os.W_OK):
+        raise ImageError(f"{option} {folder}: the folder is not writable; check its permissions or choose another "
+                         f"{option}")
 
 
 GREY16 = ("I;16", "I;16B", "I;16L", "I")

@@ -10,7 +10,6 @@ what resuming needs (see `state.py`). Every batch is a pure function of the seed
 from __future__ import annotations
 
 import copy
-import errno
 import json
 import math
 import os
@@ -32,7 +31,7 @@ from diffgen.data import (
     random_dihedral, random_flip, shrunk_crop, upsample,
 )
 from diffgen.errors import DataError, DiffgenError, OptionError, TrainingInterrupted
-from diffgen.files import atomic_write
+from diffgen.files import atomic_write, write_fix
 from diffgen.generate import sample_batch
 from diffgen.images import make_grid, save_image, tensor_to_pil, to_model_range
 from diffgen.memory import available_memory
@@ -606,13 +605,7 @@ def writing(path: Path, cfg: TrainConfig) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            fix = "free some space"
-        elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            fix = "check the folder's permissions"
-        else:
-            fix = "check the disk"
-        raise DiffgenError(f"{path}: cannot write ({e.strerror}); {fix}, then continue from the last checkpoint "
+        raise DiffgenError(f"{path}: cannot write ({e.strerror}); {write_fix(e)}, then continue from the last checkpoint "
                            f"with: {resume_command(cfg)}") from None
 
 

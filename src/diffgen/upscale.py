@@ -44,6 +44,7 @@ from diffgen.images import (
     carried_metadata,
     format_of,
     has_alpha,
+    make_folder,
     merge_planes,
     open_image,
     save_image,
@@ -301,14 +302,6 @@ def check_memory(loaded: LoadedModel, src: Path, header: Image.Image, tile: int 
         raise ImageError(f"{src}: upscaling {header.width}x{header.height} at x{s} needs about {need / 1e9:.1f} GB of "
                          f"memory and {budget / 1e9:.1f} GB is available; upscale a smaller image (or parts of it), "
                          f"or set {MEMORY_ENV} to the gigabytes diffgen may use to try anyway")
-
-
-def make_folder(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ImageError(f"{folder}: cannot create this folder ({e.strerror}); check the permissions of the "
-                         "folder above it or choose another --out") from None
 
 
 @dataclass(frozen=True)
