@@ -38,9 +38,13 @@ from diffusers import DDPMScheduler
 from PIL import Image
 from reference_unet import diffusers_unet, interleave, median_ratio, num_params
 
+from diffgen.batches import Batches
+from diffgen.config import TrainConfig
 from diffgen.data import Dataset, open_dataset
 from diffgen.images import to_model_range
-from diffgen.train import Batches, Ranks, TrainConfig, build_spec, train_step, update_ema
+from diffgen.objective import DiffusionLoss, update_ema
+from diffgen.runtime import Ranks
+from diffgen.train import build_spec, train_step
 from diffgen.unet import UNet
 
 IMAGE_SIZE, CHANNELS, NUM_CLASSES = 32, 3, 10
@@ -65,12 +69,12 @@ def diffgen_step(cfg: TrainConfig, data: Dataset, ema_seconds: list[float]) -> t
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     batches = Batches(data, cfg, Ranks(), first_k=0)
-    alphas_cumprod = spec.make_schedule().alphas_cumprod.float()
+    loss_fn = DiffusionLoss.of(spec, cfg)
     step = 0
 
     def run() -> None:
         nonlocal step
-        train_step(model, opt, batches, spec, cfg, alphas_cumprod, step)
+        train_step(model, opt, batches, spec, loss_fn, cfg, step)
         start = time.perf_counter()
         update_ema(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
         ema_seconds.append(time.perf_counter() - start)

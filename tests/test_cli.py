@@ -313,44 +313,31 @@ def test_train_finishes_but_exits_3_when_it_skipped_files(tmp_path):
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
-def test_option_choices_mirror_the_core_enums():
-    """cli.py copies the core's enums so that --help need not import torch; the copies must agree."""
-    from diffgen import cli
-    from diffgen.checkpoint import Task
-    from diffgen.data import Crop
-    from diffgen.samplers import Sampler, Spacing
-    from diffgen.schedule import Prediction, ScheduleKind
-
-    pairs = [(cli.TaskOpt, Task), (cli.SamplerOpt, Sampler), (cli.SpacingOpt, Spacing), (cli.CropOpt, Crop),
-             (cli.PredictionOpt, Prediction), (cli.ScheduleOpt, ScheduleKind)]
-    for option, core in pairs:
-        assert [o.value for o in option] == [c.value for c in core], option.__name__
-
-
 def test_option_defaults_mirror_the_core():
-    """cli.py repeats the core's sampling defaults (importing them would import torch); they must agree."""
+    """The CLI (cli/generating.py, cli/upscaling.py) repeats the core's sampling defaults (importing them would import torch); they must agree."""
     import inspect
     import typing
 
-    from diffgen import cli, generate, models, upscale
+    from diffgen import generate, models, upscale
     from diffgen.checkpoint import Task
-    from diffgen.train import UPSCALE_DEFAULTS, TrainConfig
+    from diffgen.cli import generating, training, upscaling
+    from diffgen.config import UPSCALE_DEFAULTS, TrainConfig
 
-    core, cli_generate = inspect.signature(generate.generate_images).parameters, inspect.signature(cli.generate).parameters
+    core, cli_generate = inspect.signature(generate.generate_images).parameters, inspect.signature(generating.generate).parameters
     assert cli_generate["steps"].default == core["steps"].default
     assert cli_generate["sampler"].default.value == core["sampler"].default.value
-    for command in (cli.upscale, cli.eval_upscale):
+    for command in (upscaling.upscale, upscaling.eval_upscale):
         params = inspect.signature(command).parameters
         assert params["steps"].default == upscale.Sampling().steps
         assert params["eta"].default == upscale.Sampling().eta
         assert params["samples"].default == upscale.Sampling().samples
-    for command, task in ((cli.generate, Task.GENERATE), (cli.upscale, Task.UPSCALE), (cli.eval_upscale, Task.UPSCALE)):
+    for command, task in ((generating.generate, Task.GENERATE), (upscaling.upscale, Task.UPSCALE), (upscaling.eval_upscale, Task.UPSCALE)):
         option = typing.get_type_hints(command, include_extras=True)["model"].__metadata__[0]
         assert option.show_default == models.default_model(task)
     def shown(value) -> str:  # as --help writes it: 0 for 0.0, x0 for Prediction.X0, None: the preset's
         return "the preset's" if value is None else str(getattr(value, "value", value)).removesuffix(".0")
 
-    train_options = typing.get_type_hints(cli.train, include_extras=True)
+    train_options = typing.get_type_hints(training.train, include_extras=True)
     for name, value in UPSCALE_DEFAULTS.items():  # shown as "generation default; upscale: value"
         generation, upscaling = train_options[name].__metadata__[0].show_default.split("; upscale: ")
         assert (generation, upscaling) == (shown(getattr(TrainConfig, name)), shown(value))

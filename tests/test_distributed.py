@@ -7,7 +7,8 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from diffgen.train import TrainConfig, train
+from diffgen.config import TrainConfig
+from diffgen.train import train
 
 
 def test_two_processes_match_one_and_write_one_set_of_files(class_folder, tmp_path):

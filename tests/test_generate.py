@@ -172,9 +172,9 @@ def test_the_summary_counts_in_words_and_names_the_device(model_file, tmp_path):
 def test_device_defaults_to_auto():
     import inspect
 
-    from diffgen import cli
+    from diffgen.cli import generating
 
-    assert inspect.signature(cli.generate).parameters["device"].default == "auto"
+    assert inspect.signature(generating.generate).parameters["device"].default == "auto"
 
 
 # --- writing as it goes, interrupts and unwritable folders --------------------------------------------------

@@ -219,11 +219,11 @@ EXTRA_KEYS = st.sampled_from(["data", "images", "command", "metrics", "init_from
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(extra=st.dictionaries(EXTRA_KEYS, JSON_VALUES, max_size=4))
 def test_any_provenance_can_be_described_and_exported(tmp_path_factory, extra):
-    from diffgen import hub
+    from diffgen import hub, provenance
 
     folder = tmp_path_factory.mktemp("extra")
     path = with_field(tiny_file(folder), "extra", extra, folder / "odd.safetensors")
-    assert hub.overview(hub.describe(path))
+    assert provenance.overview(provenance.describe(path))
     assert (hub.export_run(path, folder / "export") / "README.md").is_file()
 
 
@@ -233,7 +233,7 @@ ESCAPES = "\x1b[2J\x1b]8;;https://evil.example\x07click\x1b]8;;\x07"
 
 
 def test_printable_escapes_control_characters():
-    from diffgen.cli import printable
+    from diffgen.cli.base import printable
 
     assert printable("a\x1b[2Jb\nc\r\td\x7fe\x9bf\x00") == "a\\x1b[2Jb\\nc\\r\\td\\x7fe\\x9bf\\x00"
     assert printable("plain ünïcode ×, \\ and 'quotes'") == "plain ünïcode ×, \\ and 'quotes'"

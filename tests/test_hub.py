@@ -11,7 +11,7 @@ import torch
 from huggingface_hub import ModelCard, scan_cache_dir
 from PIL import Image
 
-from diffgen import hub, models
+from diffgen import hub, models, provenance
 from diffgen.checkpoint import ModelSpec, Task, load_model, save_model
 from diffgen.errors import CheckpointError, DiffgenError, OptionError
 from diffgen.generate import generate_images
@@ -135,7 +135,7 @@ def test_revisions_resolve_to_their_commits(tmp_path, offline_hub):
     assert open_model("user/name@v1", Task.GENERATE).spec.train_steps == 101
     assert open_model(f"user/name@{COMMIT_A}", Task.GENERATE).spec.train_steps == 100
     path = resolve("user/name@v1", Task.GENERATE)
-    assert hub.model_identity(path) == {"model": "user/name", "revision": "v1", "commit": COMMIT_B}
+    assert provenance.model_identity(path) == {"model": "user/name", "revision": "v1", "commit": COMMIT_B}
     with pytest.raises(CheckpointError, match=r"user/name@v2: .*HF_HUB_OFFLINE.*--revision v2"):
         open_model("user/name@v2", Task.GENERATE)
 
@@ -229,7 +229,7 @@ def test_push_without_a_connection_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_describe_a_file_and_a_hub_model(tmp_path, offline_hub):
     run = tiny_run(tmp_path)
-    info = hub.describe(run / "model.safetensors")
+    info = provenance.describe(run / "model.safetensors")
     data = (run / "model.safetensors").read_bytes()
     params = sum(p.numel() for p in load_model(run / "model.safetensors").model.parameters())
     assert info["source"] == "file" and info["model"] == str(run / "model.safetensors")
@@ -239,12 +239,12 @@ def test_describe_a_file_and_a_hub_model(tmp_path, offline_hub):
     assert (info["data"], info["train_command"], info["metrics"]) == ("data/blobs", EXTRA["command"], EXTRA["metrics"])
     assert info["provenance"] == {"images": 12}  # what the fixed fields leave out, e.g. a fine-tune's parent
     assert info["usage"] == f"diffgen generate --model {run / 'model.safetensors'} --n 16 --class red --out generated/"
-    assert hub.describe(run) == info  # a run folder is described by its model file
-    assert hub.model_identity(run / "model.safetensors") == {"model": "model.safetensors", "sha256": info["sha256"][:12]}
+    assert provenance.describe(run) == info  # a run folder is described by its model file
+    assert provenance.model_identity(run / "model.safetensors") == {"model": "model.safetensors", "sha256": info["sha256"][:12]}
 
     put_in_cache(offline_hub, "user/name", hub.export_run(run, tmp_path / "export"), COMMIT_A)
     loaded = open_model("user/name", Task.GENERATE)
-    info = hub.describe(loaded)
+    info = provenance.describe(loaded)
     assert {k: info[k] for k in ("source", "model", "revision", "commit")} == {
         "source": "hub", "model": "user/name", "revision": "main", "commit": COMMIT_A}
     assert info["usage"].startswith("diffgen generate --model user/name --n 16")
@@ -254,8 +254,8 @@ def test_bundled_models_are_named(tmp_path, monkeypatch):
     tiny_model(tmp_path, "digits.safetensors")
     monkeypatch.setattr(models, "weights_dir", lambda: tmp_path)
     path = resolve("digits", Task.GENERATE)
-    assert hub.model_identity(path) == {"model": "digits"}
-    info = hub.describe(path)
+    assert provenance.model_identity(path) == {"model": "digits"}
+    info = provenance.describe(path)
     assert (info["source"], info["model"]) == ("bundled", "digits")
     assert info["usage"].startswith("diffgen generate --model digits ")
 
@@ -274,7 +274,7 @@ def test_info_summarises_a_model_for_people_and_prints_the_record_for_tools(tmp_
     assert "train_steps" not in r.output and "{" not in r.output  # words, not the raw record
     r = CliRunner().invoke(app, ["info", str(run), "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output) == json.loads(json.dumps(hub.describe(run)))
+    assert json.loads(r.output) == json.loads(json.dumps(provenance.describe(run)))
 
 
 def test_models_lists_what_images_each_model_makes(tmp_path, monkeypatch):
@@ -387,20 +387,20 @@ def test_a_corrupt_ref_in_the_hub_cache_is_a_clear_error_or_ignored(tmp_path, of
     put_in_cache(offline_hub, "user/name", out, COMMIT_A, refs=("main", "v1"))
     refs = offline_hub / "hub" / "models--user--name" / "refs"
     (refs / "v1").write_bytes(ref)  # another ref, damaged: harmless to the commit main names
-    assert hub.describe(open_model("user/name", Task.GENERATE))["revision"] == "main"
+    assert provenance.describe(open_model("user/name", Task.GENERATE))["revision"] == "main"
     (refs / "main").write_bytes(ref)
     with pytest.raises(CheckpointError, match="user/name: "):
         open_model("user/name", Task.GENERATE)
-    info = hub.describe(open_model(f"user/name@{COMMIT_A}", Task.GENERATE))
+    info = provenance.describe(open_model(f"user/name@{COMMIT_A}", Task.GENERATE))
     assert info["revision"] == COMMIT_A
 
 
 def test_info_shows_a_recorded_command_as_one_shell_line(tmp_path):
-    record = hub.describe(tiny_model(tmp_path, "m.safetensors"))
+    record = provenance.describe(tiny_model(tmp_path, "m.safetensors"))
     for command in (["diffgen", "train", "my data", "--out", "runs/x"], "diffgen train 'my data' --out runs/x"):
-        rows = dict(hub.overview(record | {"train_command": command}))
+        rows = dict(provenance.overview(record | {"train_command": command}))
         assert rows["command"] == "diffgen train 'my data' --out runs/x"
-    assert "command" not in dict(hub.overview(record | {"train_command": None}))
+    assert "command" not in dict(provenance.overview(record | {"train_command": None}))
 
 
 def test_export_into_the_current_empty_folder(tmp_path, monkeypatch):

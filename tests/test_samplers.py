@@ -3,9 +3,11 @@
 import pytest
 import torch
 
+from diffgen.enums import Sampler, Spacing
+from diffgen.errors import OptionError
 from diffgen.samplers import (
-    LAMBDA_MIN, SIGMA_MAX, Spacing, ddim_step, log_snr_half, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_heun,
-    sample_unipc, solver_grid, timesteps, unipc_weights,
+    LAMBDA_MIN, SAMPLERS, SIGMA_MAX, ddim_step, log_snr_half, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_heun,
+    sample_unipc, sampler_grid, solver_grid, timesteps, unipc_weights,
 )
 from diffgen.schedule import make_schedule
 
@@ -35,7 +37,7 @@ def test_timesteps_descend_and_end_on_clean_data(spacing, kind):
     assert timesteps(s, 10, Spacing.UNIFORM)[:2] == [999, 888] and timesteps(s, 10)[-2] == 0
     assert timesteps(s, 10, Spacing.TRAILING)[:-1] == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
     assert len(timesteps(s, 1000)) == 1001
-    with pytest.raises(ValueError):
+    with pytest.raises(OptionError, match="--steps 1001: this model has 1000 timesteps"):
         timesteps(s, 1001)
 
 
@@ -74,7 +76,7 @@ def test_multistep_solvers_call_the_model_once_per_step_and_never_on_clean_data(
     s = make_schedule("cosine", 1000)
     calls = []
     denoise = gaussian_denoiser(s)
-    solver(lambda x, t: calls.append(t) or denoise(x, t), torch.zeros(2, 1, 1, 1), s, 10, spacing=spacing)
+    solver(lambda x, t: calls.append(t) or denoise(x, t), torch.zeros(2, 1, 1, 1), s, solver_grid(s, 10, spacing))
     assert len(calls) <= 10 and len(calls) >= 9  # Karras may merge two steps that round to one timestep
     assert calls == sorted(calls, reverse=True) and 0 not in calls[:-1]
 
@@ -92,8 +94,8 @@ def test_ddim_step_inverts_exactly():
 def test_ddim_eta_zero_is_deterministic():
     s = make_schedule("linear", 1000)
     x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    a = sample_ddim(gaussian_denoiser(s), x, s, 20, generator=torch.Generator().manual_seed(1))
-    b = sample_ddim(gaussian_denoiser(s), x, s, 20, generator=torch.Generator().manual_seed(2))
+    a = sample_ddim(gaussian_denoiser(s), x, s, timesteps(s, 20), generator=torch.Generator().manual_seed(1))
+    b = sample_ddim(gaussian_denoiser(s), x, s, timesteps(s, 20), generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b)
 
 
@@ -101,8 +103,8 @@ def test_ddim_eta_zero_is_deterministic():
 def test_stochastic_samplers_reproduce_bit_for_bit_with_a_seed(sampler):
     s = make_schedule("linear", 100)
     x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    runs = [sampler(gaussian_denoiser(s), x, s, 10, generator=torch.Generator().manual_seed(7)) for _ in range(2)]
-    other = sampler(gaussian_denoiser(s), x, s, 10, generator=torch.Generator().manual_seed(8))
+    runs = [sampler(gaussian_denoiser(s), x, s, timesteps(s, 10), generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    other = sampler(gaussian_denoiser(s), x, s, timesteps(s, 10), generator=torch.Generator().manual_seed(8))
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], other)
 
@@ -111,17 +113,17 @@ def test_per_sample_generators_make_samples_independent_of_the_batch():
     s = make_schedule("linear", 100)
     gens = lambda seeds: [torch.Generator().manual_seed(k) for k in seeds]
     x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    full = sample_ddpm(gaussian_denoiser(s), x, s, 10, generator=gens([1, 2, 3]))
-    prefix = sample_ddpm(gaussian_denoiser(s), x[:2], s, 10, generator=gens([1, 2]))
+    full = sample_ddpm(gaussian_denoiser(s), x, s, timesteps(s, 10), generator=gens([1, 2, 3]))
+    prefix = sample_ddpm(gaussian_denoiser(s), x[:2], s, timesteps(s, 10), generator=gens([1, 2]))
     assert torch.allclose(full[:2], prefix)
 
 
 @pytest.mark.parametrize(
     "run",
     [
-        lambda d, x, s, g: sample_ddpm(d, x, s, generator=g),  # all 1000 steps
-        lambda d, x, s, g: sample_ddim(d, x, s, 1000, generator=g),
-        lambda d, x, s, g: sample_ddim(d, x, s, 1000, eta=0.5, generator=g),
+        lambda d, x, s, g: sample_ddpm(d, x, s, timesteps(s, 1000), generator=g),  # all 1000 steps
+        lambda d, x, s, g: sample_ddim(d, x, s, timesteps(s, 1000), generator=g),
+        lambda d, x, s, g: sample_ddim(d, x, s, timesteps(s, 1000), eta=0.5, generator=g),
     ],
     ids=["ddpm-1000", "ddim-1000", "ddim-1000-eta0.5"],
 )
@@ -139,7 +141,7 @@ def test_ddim_with_few_steps_is_the_exact_linear_map_for_gaussian_data():
     c = (α_s α_t STD² + σ_s σ_t) / (α_t² STD² + σ_t²); 50 steps shrink the spread by the product of c."""
     s = make_schedule("cosine", 1000)
     x = torch.randn(20_000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
-    out = sample_ddim(gaussian_denoiser(s), x, s, 50)
+    out = sample_ddim(gaussian_denoiser(s), x, s, timesteps(s, 50))
     shrink = 1.0
     ts = timesteps(s, 50)
     for t, u in zip(ts[:-1], ts[1:]):
@@ -156,22 +158,31 @@ def test_second_order_solvers_beat_ddim_at_equal_steps(solver, kind):
     """On Gaussian data, 10 steps of a 2nd-order solver land closer to the exact ODE end point than DDIM."""
     s = make_schedule(kind, 1000)
     x = torch.randn(4_000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
-    exact = sample_ddim(gaussian_denoiser(s), x, s, 1000)
-    ddim_err = (sample_ddim(gaussian_denoiser(s), x, s, 10) - exact).abs().mean()
-    err = (solver(gaussian_denoiser(s), x, s, 10) - exact).abs().mean()
+    exact = sample_ddim(gaussian_denoiser(s), x, s, timesteps(s, 1000))
+    ddim_err = (sample_ddim(gaussian_denoiser(s), x, s, timesteps(s, 10)) - exact).abs().mean()
+    name = next(name for name, fn in SAMPLERS.items() if fn is solver)
+    err = (solver(gaussian_denoiser(s), x, s, sampler_grid(name, s, 10)) - exact).abs().mean()
     assert err < 0.6 * ddim_err
-    out = solver(gaussian_denoiser(s), x, s, 25)
+    out = solver(gaussian_denoiser(s), x, s, sampler_grid(name, s, 25))
     assert out.mean().item() == pytest.approx(MU, abs=0.01)
     assert out.std().item() == pytest.approx(STD, rel=0.04)
 
+
+def test_each_sampler_walks_its_default_spacing_unless_given_another():
+    s = make_schedule("cosine", 1000)
+    assert sampler_grid(Sampler.DDIM, s, 10) == timesteps(s, 10, Spacing.UNIFORM)
+    assert sampler_grid(Sampler.UNIPC, s, 10) == solver_grid(s, 10, Spacing.LOGSNR)
+    assert sampler_grid(Sampler.DPMPP_2M, s, 10, Spacing.KARRAS) == solver_grid(s, 10, Spacing.KARRAS)
+    with pytest.raises(OptionError, match="--steps 0: must be at least 1"):
+        sampler_grid(Sampler.HEUN, s, 0)
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
 def test_dpmpp_is_more_accurate_with_even_steps_in_lambda_than_in_t(kind):
     s = make_schedule(kind, 1000)
     x = torch.randn(4_000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
-    exact = sample_ddim(gaussian_denoiser(s), x, s, 1000)
-    err = {sp: (sample_dpmpp_2m(gaussian_denoiser(s), x, s, 10, spacing=sp) - exact).abs().mean() for sp in Spacing}
+    exact = sample_ddim(gaussian_denoiser(s), x, s, timesteps(s, 1000))
+    err = {sp: (sample_dpmpp_2m(gaussian_denoiser(s), x, s, solver_grid(s, 10, sp)) - exact).abs().mean() for sp in Spacing}
     assert err[Spacing.LOGSNR] < 0.5 * err[Spacing.UNIFORM]
 
 
@@ -196,7 +207,7 @@ def test_unipc_converges_faster_than_dpmpp_2m_and_faster_with_higher_order(kind)
 
     def err(solver, steps, **kw):
         exact = exact_ode_end(s, x, solver_grid(s, steps, Spacing.LOGSNR)[0])
-        return (solver(gaussian_denoiser(s), x, s, steps, **kw).double() - exact).abs().mean().item()
+        return (solver(gaussian_denoiser(s), x, s, solver_grid(s, steps, Spacing.LOGSNR), **kw).double() - exact).abs().mean().item()
 
     assert err(sample_unipc, 40) < 0.5 * err(sample_dpmpp_2m, 40)
     assert err(sample_unipc, 40, order=3) < 0.3 * err(sample_unipc, 40)

@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import diffgen.train
-from diffgen.checkpoint import Task
-from diffgen.data import Crop
+from diffgen.config import TrainConfig
+from diffgen.enums import Crop, Prediction, Task
 from diffgen.errors import DataError, DiffgenError, OptionError, TrainingInterrupted
-from diffgen.schedule import Prediction
-from diffgen.train import TrainConfig, train
+from diffgen.events import StepDone
+from diffgen.objective import DiffusionLoss
+from diffgen.train import train
 
 
 def config(data, out, **kw):
@@ -73,7 +73,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(class_folder, tmp_path, mo
     out = tmp_path / "r"
     train(config(class_folder, out, max_steps=2, save_every=1))
     before = (out / "model.safetensors").read_bytes()
-    monkeypatch.setattr(diffgen.train, "diffusion_loss", lambda *a: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(DiffusionLoss, "__call__", lambda *a: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(DiffgenError, match="loss became nan at step 3"):
         train(config(class_folder, out, max_steps=4), resume=True)
     assert (out / "model.safetensors").read_bytes() == before
@@ -83,7 +83,7 @@ def test_stop_request_saves_and_names_the_resume_command(class_folder, tmp_path)
     out = tmp_path / "r"
 
     def interrupt_at_step_2(event):
-        if isinstance(event, diffgen.train.Progress) and event.step == 2:
+        if isinstance(event, StepDone) and event.step == 2:
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(TrainingInterrupted, match=f"stopped by SIGINT at step 2.*--out {out} --resume"):
@@ -124,7 +124,8 @@ def test_a_shrunk_crop_is_the_crop_of_the_shrunk_image():
 
 
 def test_random_shrink_draws_factors_in_its_range_and_leaves_crop_positions_alone(photo_folder, tmp_path):
-    from diffgen.train import aux_batches, load_data
+    from diffgen.batches import aux_batches
+    from diffgen.train import load_data
 
     cfg, data = load_data(config(photo_folder, tmp_path / "r", task=Task.UPSCALE, batch_size=64), lambda event: None)
     plain = aux_batches(data, cfg, 64).plan(3)[1]
@@ -167,7 +168,7 @@ def test_data_order_visits_every_image_once_per_epoch():
 
 
 def test_learning_rate_warms_up_then_decays_to_zero_on_a_cosine():
-    from diffgen.train import learning_rate
+    from diffgen.objective import learning_rate
 
     cfg = TrainConfig(data_dir=None, out_dir=None, lr=1e-3, warmup_steps=10, max_steps=110, lr_decay=True)
     assert learning_rate(cfg, 0) == pytest.approx(1e-4)
@@ -180,7 +181,7 @@ def test_learning_rate_warms_up_then_decays_to_zero_on_a_cosine():
 
 
 def test_the_eight_dihedral_variants_are_distinct_and_zero_is_identity():
-    from diffgen.data import random_dihedral
+    from diffgen.transforms import random_dihedral
 
     x = torch.randn(1, 2, 5, 5)
     variants = random_dihedral(x.expand(8, -1, -1, -1), torch.arange(8))
@@ -190,7 +191,7 @@ def test_the_eight_dihedral_variants_are_distinct_and_zero_is_identity():
 
 
 def test_dihedral_numbers_views_as_the_training_augmentation_does_and_undoes_them():
-    from diffgen.data import dihedral, random_dihedral, undo_dihedral
+    from diffgen.transforms import dihedral, random_dihedral, undo_dihedral
 
     square, wide = torch.randn(1, 2, 5, 5), torch.randn(1, 2, 3, 7)
     for k in range(8):
@@ -199,7 +200,7 @@ def test_dihedral_numbers_views_as_the_training_augmentation_does_and_undoes_the
 
 
 def test_quantize_rounds_to_the_nearest_of_256_levels():
-    from diffgen.data import quantize
+    from diffgen.transforms import quantize
 
     x = torch.rand(1000) * 2.2 - 1.1  # a little outside [-1, 1] too
     q = quantize(x)
@@ -314,14 +315,14 @@ class TimestepRecorder(torch.nn.Module):
 
 @pytest.mark.parametrize("share", [0.0, 0.3, 1.0])
 def test_pure_noise_share_moves_that_share_of_timesteps_to_the_last(share, class_folder, tmp_path):
-    from diffgen.train import build_spec, diffusion_loss, load_data
+    from diffgen.train import build_spec, load_data
 
     cfg, data = load_data(config(class_folder, tmp_path / "r", pure_noise_share=share), lambda event: None)
     spec = build_spec(cfg, data)
     net, n = TimestepRecorder(), 20_000
     alphas_cumprod = spec.make_schedule().alphas_cumprod.float()
     x0 = torch.zeros(n, 1, 1, 1)
-    diffusion_loss(net, alphas_cumprod, spec, cfg, (x0, None, None), torch.Generator().manual_seed(0), slice(None), n)
+    DiffusionLoss.of(spec, cfg)(net, (x0, None, None), torch.Generator().manual_seed(0), slice(None), n)
     t, last = net.seen[0], len(alphas_cumprod) - 1
     uniform = torch.randint(last + 1, (n,), generator=torch.Generator().manual_seed(0))
     moved = t != uniform
@@ -339,13 +340,12 @@ def test_a_pure_noise_share_outside_0_to_1_is_refused(class_folder, tmp_path):
 
 @pytest.mark.parametrize("precision, autocast", [("auto", False), ("fp32", False), ("bf16", True)])
 def test_cpus_train_in_bf16_only_when_asked(precision, autocast, class_folder, tmp_path):
-    from diffgen.train import build_spec, diffusion_loss, load_data
+    from diffgen.train import build_spec, load_data
 
     cfg, data = load_data(config(class_folder, tmp_path / "r", precision=precision), lambda event: None)
     spec, net = build_spec(cfg, data), TimestepRecorder()
     x0 = torch.zeros(4, 3, 16, 16)
-    loss = diffusion_loss(net, spec.make_schedule().alphas_cumprod.float(), spec, cfg, (x0, None, None),
-                          torch.Generator().manual_seed(0), slice(None), 4)
+    loss = DiffusionLoss.of(spec, cfg)(net, (x0, None, None), torch.Generator().manual_seed(0), slice(None), 4)
     assert net.autocast == [autocast] and loss.dtype == torch.float32
 
 

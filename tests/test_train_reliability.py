@@ -12,10 +12,13 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import diffgen.files
+import diffgen.runs
 import diffgen.train
 from diffgen.checkpoint import load_model
+from diffgen.config import TrainConfig
 from diffgen.errors import DiffgenError, OptionError
-from diffgen.train import Note, TrainConfig, train
+from diffgen.events import Note
+from diffgen.train import train
 
 runner = CliRunner()
 
@@ -138,7 +141,7 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_last_checkpoint(cla
 def test_an_unwritable_out_parent_is_refused_before_any_work(class_folder, tmp_path, monkeypatch):
     parent = tmp_path / "read-only"
     parent.mkdir()
-    monkeypatch.setattr(diffgen.train.os, "access", lambda path, mode: str(path) != str(parent))
+    monkeypatch.setattr(diffgen.runs.os, "access", lambda path, mode: str(path) != str(parent))
     monkeypatch.setattr(diffgen.train, "load_data", lambda *a: pytest.fail("loaded the data first"))
     with pytest.raises(OptionError, match=f"--out {parent / 'new' / 'run'}: cannot write in {parent}"):
         train(config(class_folder, parent / "new" / "run"))
@@ -229,12 +232,13 @@ def test_the_train_command_is_recorded_in_the_model(class_folder, tmp_path):
 
 
 def test_the_progress_bar_shows_no_stale_line_for_a_finished_resume(tmp_path, monkeypatch):
-    from diffgen import cli
-    from diffgen.train import Started
+    from diffgen.cli import output
+    from diffgen.cli.output import TrainBar
+    from diffgen.events import Started
 
     screen = io.StringIO()
-    monkeypatch.setattr(cli, "console", Console(file=screen, force_terminal=True, width=100))
-    with cli.TrainProgress(4) as progress:
+    monkeypatch.setattr(output, "console", Console(file=screen, force_terminal=True, width=100))
+    with TrainBar(4) as progress:
         progress.update(Started(images=12, class_names=(), image_size=16, channels=3, crops=False,
                                 device="cpu", out=tmp_path, step=4, total=4))
     assert "nan" not in screen.getvalue() and "0.0 img/s" not in screen.getvalue()
@@ -277,7 +281,7 @@ def test_a_unet_beyond_the_model_limits_is_refused_before_any_work(class_folder,
 def test_the_resume_command_is_shell_quoted(tmp_path):
     from shlex import split
 
-    from diffgen.train import resume_command
+    from diffgen.runs import resume_command
 
     cfg = config(tmp_path / "my data", tmp_path / "run; rm -rf x")
     assert split(resume_command(cfg)) == ["diffgen", "train", str(cfg.data_dir), "--out", str(cfg.out_dir), "--resume"]

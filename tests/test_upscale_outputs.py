@@ -111,9 +111,9 @@ def test_tiff_keeps_16_bits_and_bmp_and_jpeg_say_they_drop_alpha(model_file, tmp
 def test_device_defaults_to_auto_and_the_summary_names_it(model_file, tmp_path):
     import inspect
 
-    from diffgen import cli
+    from diffgen.cli import upscaling
 
-    for command in (cli.upscale, cli.eval_upscale):
+    for command in (upscaling.upscale, upscaling.eval_upscale):
         assert inspect.signature(command).parameters["device"].default == "auto"
     smooth_image(8, 8).save(tmp_path / "a.png")
     r = upscale(tmp_path / "a.png", "--model", model_file)
@@ -124,14 +124,14 @@ def test_device_defaults_to_auto_and_the_summary_names_it(model_file, tmp_path):
 
 
 def test_the_image_bar_does_not_count_an_interrupted_image():
-    from diffgen.cli import BatchProgress
+    from diffgen.cli.output import UpscaleBars
 
     with pytest.raises(KeyboardInterrupt):
-        with BatchProgress(1) as progress:
+        with UpscaleBars(1) as progress:
             progress.next_image("a.png")
             raise KeyboardInterrupt
     assert progress.bar.tasks[progress.images].completed == 0
-    with BatchProgress(2) as progress:
+    with UpscaleBars(2) as progress:
         progress.next_image("a.png")
         progress.image_done()
         progress.next_image("b.png")

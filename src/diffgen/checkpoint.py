@@ -22,6 +22,7 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 from diffgen import __version__
+from diffgen.enums import Task
 from diffgen.errors import CheckpointError
 from diffgen.files import atomic_write
 from diffgen.schedule import Prediction, Schedule, ScheduleKind, make_schedule
@@ -57,11 +58,6 @@ MAX_SPEC_CHARS = 1_000_000  # the spec's JSON text
 MAX_EXTRA_DEPTH = 32  # nesting of `extra`
 MAX_RESIDUAL_SCALE = 1e6
 WEIGHT_DTYPES = {"F16", "BF16", "F32", "F64"}
-
-
-class Task(str, Enum):
-    GENERATE = "generate"
-    UPSCALE = "upscale"
 
 
 @dataclass(frozen=True)

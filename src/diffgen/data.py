@@ -11,11 +11,9 @@ fly by DataLoader workers (`FileImages`). Both go through `prepare` and `shrunk_
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 import torch
@@ -23,15 +21,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from diffgen.enums import Crop
 from diffgen.errors import DataError, ImageError
 from diffgen.images import IMAGE_SUFFIXES, channels_of, open_image, pil_to_tensor, to_mode
+from diffgen.seeds import derived_seed
 
 Warn = Callable[[str], None]
-
-
-class Crop(str, Enum):
-    CENTER = "center"
-    RANDOM = "random"
 
 
 @dataclass(frozen=True)
@@ -42,17 +37,6 @@ class Prep:
     size: int  # side of the square training crop
     crop: Crop  # centre crop once, or a random crop each time
     resize: bool  # scale the shorter side to `size` first (generation); off for upscaling (HR crops)
-
-
-def derived_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from integers, e.g. (run seed, image index)."""
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-def batch_generator(seed: int, k: int) -> torch.Generator:
-    """The generator of all randomness of global micro-batch k."""
-    return torch.Generator().manual_seed(derived_seed(seed, k, 1))
 
 
 def find_images(root: Path) -> tuple[list[Path], list[int], tuple[str, ...]]:
@@ -264,45 +248,3 @@ def collate_crops(items: list[tuple[Tensor | None, list[str]]]) -> tuple[Tensor 
     crops = [crop for crop, _ in items]
     failed = [message for _, messages in items for message in messages]
     return (None if any(c is None for c in crops) else torch.stack(crops)), failed
-
-
-def random_flip(x: Tensor, flip: Tensor) -> Tensor:
-    """Mirror the images of (B, C, H, W) where `flip` (B,) is true."""
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
-
-
-def random_dihedral(x: Tensor, k: Tensor) -> Tensor:
-    """Apply one of the 8 flips and quarter turns to each square image of (B, C, H, W): k (B,) in 0..7."""
-    x = torch.where((k & 1).bool()[:, None, None, None], x.flip(-1), x)
-    x = torch.where((k & 2).bool()[:, None, None, None], x.flip(-2), x)
-    return torch.where((k & 4).bool()[:, None, None, None], x.transpose(-1, -2), x)
-
-
-def dihedral(x: Tensor, k: int) -> Tensor:
-    """Flip and turn (..., H, W) as `random_dihedral` does for k: bit 0 mirrors, bit 1 flips, bit 2 transposes."""
-    x = x.flip(-1) if k & 1 else x
-    x = x.flip(-2) if k & 2 else x
-    return x.transpose(-1, -2) if k & 4 else x
-
-
-def undo_dihedral(x: Tensor, k: int) -> Tensor:
-    """The inverse of `dihedral(x, k)`."""
-    x = x.transpose(-1, -2) if k & 4 else x
-    x = x.flip(-2) if k & 2 else x
-    return x.flip(-1) if k & 1 else x
-
-
-def quantize(x: Tensor) -> Tensor:
-    """Round images in [-1, 1] to the 256 levels of an 8-bit file, as a real low-resolution input has."""
-    return ((x + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
-
-
-def downsample(hr: Tensor, scale: int) -> Tensor:
-    """Antialiased bicubic downsampling by an integer factor (the LR half of an SR pair)."""
-    h, w = hr.shape[-2:]
-    return F.interpolate(hr, size=(h // scale, w // scale), mode="bicubic", antialias=True, align_corners=False)
-
-
-def upsample(lr: Tensor, scale: int) -> Tensor:
-    """Bicubic upsampling by an integer factor: the baseline an upscaler improves on."""
-    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)

@@ -22,15 +22,16 @@ import torch
 from PIL import Image
 
 from diffgen.checkpoint import LoadedModel, ModelSpec
-from diffgen.data import derived_seed
 from diffgen.denoiser import make_denoiser
 from diffgen.errors import DiffgenError, ImageError, OptionError
-from diffgen.hub import model_identity, origin
+from diffgen.events import Advance
 from diffgen.images import FORMATS, make_folder, make_grid, max_pixels, save_image, tensor_to_pil
 from diffgen.memory import available_memory
+from diffgen.provenance import model_identity, origin
 from diffgen.samplers import Sampler, Spacing, randn_like, sample
+from diffgen.seeds import derived_seed
+from diffgen.text import size_text
 
-Progress = Callable[[int, int], None]  # (images done, total)
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def generate_images(
     spacing: Spacing | None = None,
     guidance: float = 0.0,
     batch_size: int = 16,
-    callback: Progress | None = None,
+    callback: Advance | None = None,
 ) -> list[Generated]:
     """Sample n images into memory. Classes cycle through `classes` (default: all of the model's classes)."""
     results = []
@@ -276,7 +277,7 @@ def check_grid_size(outputs: Outputs, image_size: int) -> None:
 # --- writing a run -----------------------------------------------------------------------------------------
 
 def write_run(
-    loaded: LoadedModel, recipe: Recipe, outputs: Outputs, *, batch_size: int = 16, callback: Progress | None = None
+    loaded: LoadedModel, recipe: Recipe, outputs: Outputs, *, batch_size: int = 16, callback: Advance | None = None
 ) -> int:
     """Sample a run and write each batch as it is done, then the grid; returns the number of images made.
 
@@ -397,10 +398,3 @@ def fit_batch_size(loaded: LoadedModel, batch_size: int, n: int, *, guided: bool
                            f"{size_text(free)} is free on {device}; free some memory or use a machine with more")
     return fits, (f"--batch-size {batch_size}: a batch would need about {size_text(per_image * batch)} and "
                   f"{size_text(free)} is free on {device}; using --batch-size {fits}")
-
-
-def size_text(nbytes: float) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.1f} {unit}"
-    return f"{int(nbytes)} bytes"

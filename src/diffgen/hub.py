@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import glob
-import hashlib
 import importlib
 import json
 import os
@@ -27,12 +26,11 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from diffgen import models
-from diffgen.checkpoint import LoadedModel, ModelSpec, Task, read_header
+from diffgen.checkpoint import ModelSpec, Task, read_header
 from diffgen.errors import CheckpointError, DiffgenError, OptionError
 from diffgen.files import atomic_write, fsync_dir, umask, write_fix
+from diffgen.runs import MODEL, find_model, newest_sample
 
-MODEL_FILE = "model.safetensors"
 # A user or repo name as the Hub allows it: letters, digits, `_`, `-` and `.`, starting and ending with
 # a letter, digit or `_`, with no `--` or `..` (the cache uses `--` to join user and name).
 NAME = re.compile(r"(?!.*(--|\.\.))[A-Za-z0-9_]([A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
@@ -108,7 +106,7 @@ def hub_model_file(repo_id: str, revision: str | None = None) -> Path:
     try:
         # Unreachable is treated like offline: the cache still answers, at once and without retries.
         path = hf_hub_download(
-            repo_id, MODEL_FILE, revision=revision, cache_dir=hub_cache(),
+            repo_id, MODEL, revision=revision, cache_dir=hub_cache(),
             local_files_only=hub_offline() or unreachable, library_name="diffgen", library_version=__version__,
         )
     except (EntryNotFoundError, HfHubHTTPError, *connection_errors()) as e:
@@ -138,7 +136,7 @@ def download_error(e: Exception, repo_id: str, revision: str | None) -> Checkpoi
     )
 
     name = f"{repo_id}@{revision}" if revision else repo_id
-    download = "`" + shlex.join(["hf", "download", repo_id, MODEL_FILE] + (["--revision", revision] if revision else [])) + "`"
+    download = "`" + shlex.join(["hf", "download", repo_id, MODEL] + (["--revision", revision] if revision else [])) + "`"
     if isinstance(e, LocalEntryNotFoundError):
         why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hub cannot be reached"
         return CheckpointError(
@@ -153,7 +151,7 @@ def download_error(e: Exception, repo_id: str, revision: str | None) -> Checkpoi
     if isinstance(e, RevisionNotFoundError):
         return CheckpointError(f"{name}: the repo has no revision '{revision}'; pass a branch, tag or commit it has")
     if isinstance(e, EntryNotFoundError):
-        return CheckpointError(f"{name}: the repo has no {MODEL_FILE}, so it is not a diffgen model")
+        return CheckpointError(f"{name}: the repo has no {MODEL}, so it is not a diffgen model")
     return CheckpointError(f"{name}: download failed ({first_line(e)}); check your connection and try again")
 
 
@@ -172,30 +170,12 @@ def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def model_file(run_or_model: Path) -> Path:
-    """The model file of a run folder, or the file itself."""
-    path = Path(run_or_model)
-    path = path / MODEL_FILE if path.is_dir() else path
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such model file; pass a run folder or a .safetensors file")
-    return path
-
-
 def read_model_file(path: Path) -> tuple[ModelSpec, dict[str, str], int]:
     """A model file's spec, metadata and parameter count, checked, without reading the weights."""
     return read_header(path)
 
 
-def newest_sample(run_or_model: Path) -> Path | None:
-    """The sample grid of the latest step in a run folder's samples/, if any."""
-    steps = {}
-    for png in (Path(run_or_model) / "samples").glob("step_*.png"):
-        if m := re.fullmatch(r"step_(\d+)\.png", png.name):
-            steps[int(m[1])] = png
-    return steps[max(steps)] if steps else None
-
-
-EXPORT_FILES = ("config.json", MODEL_FILE, "sample_grid.png", "README.md")  # in the order they are put in place
+EXPORT_FILES = ("config.json", MODEL, "sample_grid.png", "README.md")  # in the order they are put in place
 PARTIAL = ".diffgen-export"  # suffix of the hidden folder an export is built in
 STALE_BUILD_S = 600  # a build folder this old is from a killed export, not one still running
 
@@ -209,7 +189,7 @@ def export_run(run_or_model: Path, out_dir: Path, *, repo_id: str | None = None,
     leaves what looks like a finished export. Refuses a folder that is not empty, unless it is what an
     interrupted export left (a diffgen config.json and export files, without the card).
     """
-    source, out_dir = model_file(run_or_model), Path(out_dir)
+    source, out_dir = find_model(run_or_model), Path(out_dir)
     spec, metadata, params = read_model_file(source)
     check_export_folder(out_dir)
     place = Path(os.path.abspath(out_dir))  # "." has a name and a parent too
@@ -278,7 +258,7 @@ def remove_stale_builds(place: Path) -> None:
 def write_export(folder: Path, source: Path, run_or_model: Path, spec: ModelSpec, metadata: dict[str, str],
                  params: int, *, repo_id: str | None, license: str) -> None:
     """The export's files, each flushed to disk."""
-    copy_durably(source, folder / MODEL_FILE)
+    copy_durably(source, folder / MODEL)
     config = {"format": metadata["format"], "format_version": int(metadata["format_version"]),
               "diffgen_version": metadata.get("diffgen_version"), "spec": json.loads(spec.to_json())}
     atomic_write(folder / "config.json", (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
@@ -408,142 +388,3 @@ def push(
             fix = "check your connection and try again"
             raise DiffgenError(f"{repo_id}: cannot reach the Hugging Face Hub ({first_line(e)}); {fix}") from None
     return str(url)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def bundled_name(path: Path) -> str | None:
-    """The name of a bundled model, if `path` is one."""
-    for name, (file, _) in models.BUNDLED.items():
-        if Path(path).resolve() == (models.weights_dir() / file).resolve():
-            return name
-    return None
-
-
-def hub_origin(path: Path) -> dict[str, str] | None:
-    """Repo id, revision and commit of a file in the Hub cache: .../models--user--name/snapshots/<commit>/FILE."""
-    parts = Path(path).absolute().parts
-    for i, part in enumerate(parts[:-3]):
-        if part.startswith("models--") and parts[i + 1] == "snapshots":
-            repo_dir, commit = Path(*parts[: i + 1]), parts[i + 2]
-            repo_id = part.removeprefix("models--").replace("--", "/")
-            return {"model": repo_id, "revision": ref_name(repo_dir, commit), "commit": commit}
-    return None
-
-
-def ref_name(repo_dir: Path, commit: str) -> str:
-    """The branch or tag that points at `commit` in the cache (main first), or the commit itself."""
-    refs = repo_dir / "refs"
-    names = sorted(str(f.relative_to(refs)) for f in refs.rglob("*") if f.is_file() and read_ref(f) == commit)
-    return "main" if "main" in names else (names[0] if names else commit)
-
-
-def read_ref(path: Path) -> str | None:
-    """The commit a ref file in the Hub cache names; None if it cannot be read (a damaged ref names nothing)."""
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def model_identity(path: Path) -> dict[str, str]:
-    """What to record about a model in a PNG: bundled name; repo id, revision and commit; or file name and sha256."""
-    source = origin(path)
-    if source.pop("source") == "file":
-        return {"model": Path(path).name, "sha256": file_sha256(path)[:12]}
-    return source
-
-
-def model_arg(origin: dict[str, str]) -> str:
-    """The --model value that names a model again."""
-    revision = origin.get("revision", "main")
-    return origin["model"] if revision == "main" else f"{origin['model']}@{revision}"
-
-
-def origin(path: Path) -> dict[str, str]:
-    """Where a model file came from: a bundled name, a Hub repo (revision, commit), or a file path."""
-    if name := bundled_name(path):
-        return {"source": "bundled", "model": name}
-    hub = hub_origin(path)
-    return {"source": "hub", **hub} if hub else {"source": "file", "model": str(path)}
-
-
-def describe(path_or_loaded: Path | LoadedModel) -> dict:
-    """What `diffgen info` shows: what a model does, how it was made, where it came from, how to use it.
-
-    Takes a model file, a run folder or a loaded model.
-    """
-    path = model_file(path_or_loaded.path if isinstance(path_or_loaded, LoadedModel) else path_or_loaded)
-    spec, metadata, params = read_model_file(path)
-    source = origin(path)
-    shown = ("data", "command", "metrics")
-    more = {key: value for key, value in spec.extra.items() if key not in shown}  # e.g. init_from, averaged
-    return {
-        **source, "path": str(path), "size_bytes": path.stat().st_size, "sha256": file_sha256(path),
-        "task": spec.task.value, "scale": spec.scale, "image_size": spec.image_size, "channels": spec.channels,
-        "classes": list(spec.class_names), "parameters": params, "train_steps": spec.train_steps,
-        "data": spec.extra.get("data"), "train_command": spec.extra.get("command"), "provenance": more or None,
-        "metrics": spec.extra.get("metrics"), "diffgen_version": metadata.get("diffgen_version"),
-        "config": {"schedule": spec.schedule.value, "num_timesteps": spec.num_timesteps,
-                   "prediction": spec.prediction.value, "unet": spec.unet.to_dict()},
-        "usage": usage(spec, model_arg(source)), "summary": summary(spec),
-    }
-
-
-def overview(info: dict) -> list[tuple[str, str]]:
-    """`diffgen info`'s summary of `describe`'s record: what the model does, how to use it, where it came
-    from and how it was trained."""
-    config = info["config"]
-    rows = [("what it does", info["summary"])]
-    if info["classes"]:
-        rows.append(("classes", ", ".join(info["classes"])))
-    rows += [
-        ("use it", info["usage"]),
-        ("source", source_text(info)),
-        ("file", f"{info['path']} ({info['size_bytes'] / 1e6:.1f} MB, sha256 {info['sha256'][:12]})"),
-        ("network", f"{info['parameters'] / 1e6:.2f} M parameters; {config['schedule']} schedule of "
-                    f"{config['num_timesteps']} steps, predicts {config['prediction']}"),
-        ("training", training_text(info)),
-    ]
-    provenance = dict(info["provenance"] or {})
-    provenance.pop("images", None)  # shown in the training row
-    if info["train_command"]:
-        command = info["train_command"]
-        rows.append(("command", shlex.join(map(str, command)) if isinstance(command, list) else str(command)))
-    if "init_from" in provenance:
-        steps = provenance.pop("init_steps", None)
-        rows.append(("fine-tuned from", str(provenance.pop("init_from")) + (f" ({number(steps)} steps)" if steps else "")))
-    rows += [(str(key), value if isinstance(value, str) else json.dumps(value)) for key, value in provenance.items()]
-    if info["metrics"]:
-        metrics = info["metrics"]
-        text = ", ".join(f"{k} {v}" for k, v in metrics.items()) if isinstance(metrics, dict) else json.dumps(metrics)
-        rows.append(("metrics", text))
-    rows.append(("made with", f"diffgen {info['diffgen_version'] or '(version unknown)'}"))
-    return rows
-
-
-def source_text(info: dict) -> str:
-    if info["source"] == "bundled":
-        return f"bundled with diffgen, as {info['model']}"
-    if info["source"] == "hub":
-        return f"Hugging Face Hub: {info['model']}, revision {info['revision']}, commit {info['commit'][:12]}"
-    return "a local file"
-
-
-def training_text(info: dict) -> str:
-    """'7,783 steps on data/digits (5,000 images)'."""
-    text = f"{number(info['train_steps'])} steps"
-    if info["data"]:
-        text += f" on {info['data']}"
-    images = (info["provenance"] or {}).get("images")
-    return text + (f" ({number(images)} images)" if images is not None else "")
-
-
-def number(value) -> str:
-    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)

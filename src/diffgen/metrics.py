@@ -24,6 +24,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
 from diffgen.errors import DiffgenError, ImageError
+from diffgen.events import Advance
 from diffgen.images import open_image, to_mode
 
 SSIM_WINDOW = 11
@@ -31,7 +32,6 @@ SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 PSNR_CAP = 100.0  # dB; an error of 0.003 grey levels (RMS) at data range 255
 
-Progress = Callable[[int, int], None]  # (images done, total images)
 
 
 def rgb_to_y(img: Image.Image) -> np.ndarray:
@@ -123,7 +123,7 @@ def evaluate(
     upscale: Callable[[Image.Image], Image.Image],
     hr_paths: list[Path],
     scale: int,
-    callback: Progress | None = None,
+    callback: Advance | None = None,
     on_error: Callable[[DiffgenError], None] | None = None,
 ) -> list[EvalRow]:
     """Score `upscale` and the bicubic baseline on LR versions of the given ground-truth images.

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from diffgen.checkpoint import LoadedModel, Task, load_model
 from diffgen.errors import CheckpointError
+from diffgen.hub import hub_model_file, is_repo_id, parse_repo
+from diffgen.runs import find_model
 
 # Bundled models: name -> file in weights/. The first of each task is that task's default.
 BUNDLED = {
@@ -33,19 +35,9 @@ def resolve(model: str | None, task: Task, option: str = "--model") -> Path:
         if not path.is_file():
             raise CheckpointError(f"{path}: the bundled model '{model}' is missing; reinstall diffgen or pass {option} PATH")
         return path
-    # Hub repo ids (`user/name[@revision]`, not an existing local path) are fetched by hub.py, imported
-    # here because hub.py imports this module.
-    from diffgen import hub
-
-    if hub.is_repo_id(model):
-        return hub.hub_model_file(*hub.parse_repo(model))
-    path = Path(model)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    if not path.exists():
-        names = ", ".join(BUNDLED)
-        raise CheckpointError(f"{model}: no such model file or run folder; pass a .safetensors file, a run folder, a Hub repo id (user/name) or one of: {names}")
-    return path
+    if is_repo_id(model):  # `user/name[@revision]` that is not a local path
+        return hub_model_file(*parse_repo(model))
+    return find_model(model, also=f", a Hub repo id (user/name) or one of: {', '.join(BUNDLED)}")
 
 
 def open_model(model: str | None, task: Task, device: str = "cpu") -> LoadedModel:

@@ -20,38 +20,31 @@ Code names: ab = ᾱ, alpha = sqrt(ᾱ), sigma = sqrt(1 - ᾱ), lam = λ = log(a
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from enum import Enum
 
 import torch
 from torch import Tensor
 
+from diffgen.enums import Sampler, Spacing
+from diffgen.errors import OptionError
+from diffgen.events import Advance
 from diffgen.schedule import Schedule
 
 Denoise = Callable[[Tensor, int], Tensor]
-Callback = Callable[[int, int], None]  # (steps done, total steps)
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
-class Sampler(str, Enum):
-    DDPM = "ddpm"
-    DDIM = "ddim"
-    DPMPP_2M = "dpm++2m"
-    HEUN = "heun"
-    UNIPC = "unipc"
-
-
-class Spacing(str, Enum):
-    UNIFORM = "uniform"
-    TRAILING = "trailing"
-    KARRAS = "karras"
-    LOGSNR = "logsnr"
+def check_steps(steps: int, num_timesteps: int) -> None:
+    """Refuse a step count the model's chain cannot take: the one check of --steps for every command."""
+    if steps < 1:
+        raise OptionError(f"--steps {steps}: must be at least 1")
+    if steps > num_timesteps:
+        raise OptionError(f"--steps {steps}: this model has {num_timesteps} timesteps; use at most that")
 
 
 def timesteps(schedule: Schedule, steps: int, spacing: Spacing = Spacing.UNIFORM) -> list[int]:
     """`steps` descending timesteps of the schedule, followed by -1 (the clean data)."""
     T = schedule.num_timesteps
-    if not 1 <= steps <= T:
-        raise ValueError(f"steps must be between 1 and {T}, got {steps}")
+    check_steps(steps, T)
     if spacing is Spacing.UNIFORM:
         ts = torch.linspace(T - 1, 0, steps).round().long()
     elif spacing is Spacing.TRAILING:
@@ -129,15 +122,13 @@ def sample_ddim(
     denoise: Denoise,
     x: Tensor,
     schedule: Schedule,
-    steps: int,
+    ts: list[int],
     *,
     eta: float = 0.0,
-    spacing: Spacing = Spacing.UNIFORM,
     generator: Generators = None,
-    callback: Callback | None = None,
+    callback: Advance | None = None,
 ) -> Tensor:
     """Sample with DDIM; η = 0 is deterministic given the starting noise x."""
-    ts = timesteps(schedule, steps, spacing)
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         x0 = denoise(x, t)
         noise = randn_like(x, generator) if eta > 0 and s >= 0 else None
@@ -151,18 +142,16 @@ def sample_ddpm(
     denoise: Denoise,
     x: Tensor,
     schedule: Schedule,
-    steps: int | None = None,
+    ts: list[int],
     *,
-    spacing: Spacing = Spacing.UNIFORM,
     generator: Generators = None,
-    callback: Callback | None = None,
+    callback: Advance | None = None,
 ) -> Tensor:
     """Ancestral sampling from the posterior q(x_s | x_t, x0) with variance β̃ (DDPM eq. 6-7).
 
     With fewer steps than T this samples the respaced chain. DDIM with η = 1 is exactly this step.
     """
-    steps = schedule.num_timesteps if steps is None else steps
-    return sample_ddim(denoise, x, schedule, steps, eta=1.0, spacing=spacing, generator=generator, callback=callback)
+    return sample_ddim(denoise, x, schedule, ts, eta=1.0, generator=generator, callback=callback)
 
 
 def solver_grid(schedule: Schedule, steps: int, spacing: Spacing) -> list[int]:
@@ -185,18 +174,16 @@ def sample_dpmpp_2m(
     denoise: Denoise,
     x: Tensor,
     schedule: Schedule,
-    steps: int,
+    ts: list[int],
     *,
-    spacing: Spacing = Spacing.LOGSNR,
     generator: Generators = None,
-    callback: Callback | None = None,
+    callback: Advance | None = None,
 ) -> Tensor:
     """DPM-Solver++(2M): a second-order multistep solver of the probability-flow ODE, one call per step.
 
     Its extrapolation assumes steps of similar size in λ, which logSNR spacing gives exactly; uniform
     spacing in t makes the last steps jump in λ and the extrapolation overshoot (see the tests).
     """
-    ts = solver_grid(schedule, steps, spacing)
     x0_prev, h_prev = None, None
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         x0 = denoise(x, t)
@@ -226,17 +213,15 @@ def sample_heun(
     denoise: Denoise,
     x: Tensor,
     schedule: Schedule,
-    steps: int,
+    ts: list[int],
     *,
-    spacing: Spacing = Spacing.UNIFORM,
     generator: Generators = None,
-    callback: Callback | None = None,
+    callback: Advance | None = None,
 ) -> Tensor:
     """Heun's second-order method on the DDIM ODE: two denoiser calls per step, one on the last.
 
     Steps that start above SIGMA_MAX stay first order: there the correction multiplies the ε error by σ̃.
     """
-    ts = timesteps(schedule, steps, spacing)
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         ab_t, ab_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
         x0 = denoise(x, t)
@@ -283,12 +268,11 @@ def sample_unipc(
     denoise: Denoise,
     x: Tensor,
     schedule: Schedule,
-    steps: int,
+    ts: list[int],
     *,
-    spacing: Spacing = Spacing.LOGSNR,
     order: int = 2,
     generator: Generators = None,
-    callback: Callback | None = None,
+    callback: Advance | None = None,
 ) -> Tensor:
     """UniPC: a multistep predictor of the given order, one call per step, corrected one order higher.
 
@@ -297,7 +281,6 @@ def sample_unipc(
     """
     if order < 1:
         raise ValueError(f"order must be at least 1, got {order}")
-    ts = solver_grid(schedule, steps, spacing)
     lam = {t: log_snr_half(schedule.alpha_bar(t)).double() for t in ts if t >= 0}
     one = torch.ones((), dtype=torch.float64)
     calls: list[tuple[int, Tensor]] = []  # the last `order` model calls, (t, x0), newest last
@@ -332,6 +315,24 @@ SAMPLERS = {
 }
 
 
+# The spacing each sampler walks unless told otherwise: one table, so no sampler picks its own.
+DEFAULT_SPACING = {
+    Sampler.DDPM: Spacing.UNIFORM,
+    Sampler.DDIM: Spacing.UNIFORM,
+    Sampler.DPMPP_2M: Spacing.LOGSNR,
+    Sampler.HEUN: Spacing.UNIFORM,
+    Sampler.UNIPC: Spacing.LOGSNR,
+}
+MULTISTEP = {Sampler.DPMPP_2M, Sampler.UNIPC}  # ODE solvers that stop at t = 0 without a call (solver_grid)
+
+
+def sampler_grid(sampler: Sampler, schedule: Schedule, steps: int, spacing: Spacing | None = None) -> list[int]:
+    """The timesteps `sampler` walks with `steps` model calls: in its default spacing unless one is given."""
+    sampler = Sampler(sampler)
+    spacing = DEFAULT_SPACING[sampler] if spacing is None else Spacing(spacing)
+    return (solver_grid if sampler in MULTISTEP else timesteps)(schedule, steps, spacing)
+
+
 def sample(
     sampler: Sampler,
     denoise: Denoise,
@@ -341,8 +342,8 @@ def sample(
     *,
     spacing: Spacing | None = None,
     generator: Generators = None,
-    callback: Callback | None = None,
+    callback: Advance | None = None,
 ) -> Tensor:
-    """Run the named sampler (with its own default spacing unless one is given)."""
-    extra = {} if spacing is None else {"spacing": Spacing(spacing)}
-    return SAMPLERS[Sampler(sampler)](denoise, x, schedule, steps, generator=generator, callback=callback, **extra)
+    """Run the named sampler over its grid (`sampler_grid`)."""
+    ts = sampler_grid(sampler, schedule, steps, spacing)
+    return SAMPLERS[Sampler(sampler)](denoise, x, schedule, ts, generator=generator, callback=callback)

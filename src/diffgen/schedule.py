@@ -11,23 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 from torch import Tensor
 
-
-class ScheduleKind(str, Enum):
-    LINEAR = "linear"
-    COSINE = "cosine"
-
-
-class Prediction(str, Enum):
-    """What the network outputs."""
-
-    EPS = "eps"
-    V = "v"
-    X0 = "x0"
+from diffgen.enums import Prediction, ScheduleKind
 
 
 @dataclass(frozen=True)

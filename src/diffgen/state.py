@@ -10,27 +10,21 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save as st_save
 
-from diffgen.checkpoint import ModelSpec, Task, open_safetensors, read_safetensors
-from diffgen.files import atomic_write
-from diffgen.data import Crop
+from diffgen.checkpoint import ModelSpec, open_safetensors, read_safetensors
+from diffgen.config import TrainConfig, config_from_json, config_to_json
 from diffgen.errors import CheckpointError
-from diffgen.schedule import Prediction, ScheduleKind
-
-if TYPE_CHECKING:
-    from diffgen.train import TrainConfig
+from diffgen.files import atomic_write
 
 FORMAT = "diffgen-state"
 FORMAT_VERSION = 1
 
 
-def save_state(path: Path, model, ema, opt, spec: ModelSpec, cfg: "TrainConfig", step: int) -> None:
+def save_state(path: Path, model, ema, opt, spec: ModelSpec, cfg: TrainConfig, step: int) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors |= {f"ema.{k}": v for k, v in ema.state_dict().items()}
     opt_state = opt.state_dict()
@@ -72,12 +66,23 @@ def damaged_state(path: Path) -> Iterator[None]:
                               "without --resume, or in another --out") from None
 
 
+def state_header(path: Path) -> dict[str, str]:
+    with open_safetensors(path) as f:
+        return f.metadata() or {}
+
+
 def state_spec(path: Path) -> ModelSpec:
     """The spec of the network a run's state holds, from its header alone."""
-    with open_safetensors(path) as f:
-        meta = f.metadata() or {}
+    meta = state_header(path)
     with damaged_state(path):
         return saved_spec(meta)
+
+
+def state_config(path: Path) -> TrainConfig:
+    """The train config of a run's state, from its header alone."""
+    meta = state_header(path)
+    with damaged_state(path):
+        return config_from_json(meta["config"])
 
 
 def saved_spec(meta: dict) -> ModelSpec:
@@ -102,23 +107,7 @@ def restore_state(state: tuple[dict, dict], model, ema, opt) -> int:
     return int(meta["step"])
 
 
-def config_to_json(cfg: "TrainConfig") -> str:
-    return json.dumps({f.name: getattr(cfg, f.name) for f in fields(cfg)}, default=str)
-
-
-def load_config(path: Path) -> "TrainConfig":
+def load_config(path: Path) -> TrainConfig:
     """The train config a run was started with, from its state file."""
     _, meta = read_state(path)
     return config_from_json(meta["config"])
-
-
-def config_from_json(text: str) -> "TrainConfig":
-    from diffgen.train import TrainConfig  # noqa: PLC0415 - train imports this module
-
-    d = json.loads(text)
-    d["data_dir"], d["out_dir"] = Path(d["data_dir"]), Path(d["out_dir"])
-    d["task"], d["prediction"], d["schedule"] = Task(d["task"]), Prediction(d["prediction"]), ScheduleKind(d["schedule"])
-    d["crop"] = Crop(d.get("crop", Crop.CENTER))
-    for key in ("channel_mults", "attention_levels"):
-        d[key] = None if d.get(key) is None else tuple(d[key])
-    return TrainConfig(**d)

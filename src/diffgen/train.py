@@ -1,216 +1,52 @@
 """Training a diffusion model on a folder of images, and resuming it exactly.
 
-The loss is the DDPM objective (Ho et al. 2020) on the model's prediction target, weighted by
-Min-SNR-γ (Hang et al. 2023), with label dropout for classifier-free guidance (Ho & Salimans 2022).
-An EMA of the weights is what `RUN_DIR/model.safetensors` holds; `RUN_DIR/state.safetensors` holds
-what resuming needs (see `state.py`). Every batch is a pure function of the seed and the step (see
-`data.py`), so resuming is exact and `torchrun` ranks each take a slice of the same global batch.
+`train` checks the settings (config.py), the run folder (runs.py) and the data, builds the model (or
+takes the --init-from one), then runs the loop: each step learns from `batches.py`'s micro-batches with
+`objective.py`'s loss, the EMA of the weights is what `RUN_DIR/model.safetensors` holds and
+`RUN_DIR/state.safetensors` holds what resuming needs (state.py). Every batch is a pure function of
+the seed and the step, so resuming is exact and `torchrun` ranks each take a slice of the same batch.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
-import shlex
-import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
+from diffgen.batches import Batches, aux_batches, residual_scale
 from diffgen.checkpoint import LoadedModel, ModelSpec, Task, check_spec, load_model, save_model
-from diffgen.data import (
-    Crop, Dataset, DataOrder, FileImages, batch_generator, collate_crops, downsample, open_dataset, quantize,
-    random_dihedral, random_flip, shrunk_crop, upsample,
-)
+from diffgen.config import TrainConfig, check_config, check_resume
+from diffgen.data import Crop, Dataset, open_dataset
 from diffgen.errors import DataError, DiffgenError, OptionError, TrainingInterrupted
-from diffgen.files import atomic_write, write_fix
+from diffgen.events import Estimate, Event, Finishing, Note, Started, StepDone
 from diffgen.generate import sample_batch
 from diffgen.images import make_grid, save_image, tensor_to_pil, to_model_range
 from diffgen.memory import available_memory
 from diffgen.models import resolve
-from diffgen.schedule import Prediction, ScheduleKind, min_snr_weight, q_sample, target
-from diffgen.state import read_state, restore_state, save_state, saved_spec, state_spec
+from diffgen.objective import DiffusionLoss, learning_rate, trains_in_bf16, update_ema
+from diffgen.runs import (
+    append_log, check_run_dir, clear_leftovers, log_file, model_file, resume_command, run_lock, sample_file,
+    state_file, truncate_log, writing,
+)
+from diffgen.runtime import Ranks, all_ranks, any_rank, barrier, local_device, process_group, stop_requests
+from diffgen.state import read_state, restore_state, save_state, saved_spec, state_config, state_spec
+from diffgen.text import gib
+from diffgen.transforms import downsample, upsample
 from diffgen.unet import PRESETS, UNet, UNetConfig, preset
 from diffgen.upscale import Sampling, upscale_tensor
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    data_dir: Path  # folder of images; sub-folders are classes
-    out_dir: Path  # run folder: model, state, log and samples
-    task: Task = Task.GENERATE  # generate new images, or upscale
-    scale: int = 4  # upscaling factor (upscale task)
-    image_size: int = 32  # training resolution (HR crop size for upscaling)
-    channels: int | None = None  # 1, 3 or 4; None: as most images have
-    crop: Crop = Crop.CENTER  # centre crop once, or a random crop every time (always random for upscaling)
-    flip: bool = True  # random horizontal flips; for upscaling, all 8 flips and quarter turns
-    preset: str = "tiny"  # U-Net size: tiny, small or base
-    base_channels: int | None = None  # overrides the preset's width of the first level
-    channel_mults: tuple[int, ...] | None = None  # overrides the preset's width multiple of each level
-    num_res_blocks: int | None = None  # overrides the preset's residual blocks per level
-    attention_levels: tuple[int, ...] | None = None  # overrides the preset's levels with self-attention
-    max_steps: int = 2000  # optimisation steps
-    epochs: int | None = None  # passes over the data; overrides max_steps when set
-    batch_size: int = 32  # images per step, over all processes
-    grad_accum: int = 1  # micro-batches per step
-    lr: float = 2e-4  # peak learning rate of AdamW
-    warmup_steps: int = 200  # linear learning-rate warm-up
-    lr_decay: bool = False  # after warm-up, cosine decay of the learning rate to zero at max_steps
-    grad_clip: float = 1.0  # max global gradient norm
-    ema_decay: float = 0.999  # EMA decay of the sampling weights
-    prediction: Prediction = Prediction.V  # network target (v learns fastest per CPU-hour: docs/training.md)
-    schedule: ScheduleKind = ScheduleKind.COSINE  # noise schedule
-    num_timesteps: int = 1000  # T
-    min_snr_gamma: float = 5.0  # Min-SNR-γ loss weighting; 0 turns it off
-    pure_noise_share: float = 0.0  # share of each batch trained at t = T-1, where sampling starts
-    random_shrink: float = 1.0  # upscaling: each HR crop as if its photo were shrunk by a random factor in [this, 1]
-    label_dropout: float = 0.1  # share of labels replaced by "no label" (classifier-free guidance)
-    seed: int = 0  # seeds weights, data order and noise
-    save_every: int = 500  # checkpoint period in steps
-    sample_every: int = 1000  # sample-grid period in steps
-    log_every: int = 50  # log.jsonl period in steps
-    sample_steps: int = 50  # DDIM steps for sample grids
-    workers: int = 2  # DataLoader workers when the data is streamed from disk
-    memory_limit: int = 2 << 30  # decode the data set into memory up to this many bytes, else stream it
-    device: str = "auto"  # auto, cpu, cuda or cuda:N
-    precision: str = "auto"  # of the forward pass: auto (bf16 autocast on CUDA, fp32 on CPUs), fp32 or bf16
-    init_from: str | None = None  # fine-tune: start from this model's weights (bundled name, file or run)
-
-
-# What `diffgen train --task upscale` changes in TrainConfig's defaults (which suit generation): the bundled
-# upscaler's recipe. An x0 target makes one sampling step from pure noise the MMSE estimate, and half of
-# each batch trains that step; 96-px crops; a second residual block per level, the capacity that gained most
-# per FLOP (docs/upscale.md).
-UPSCALE_DEFAULTS = {"image_size": 96, "prediction": Prediction.X0, "min_snr_gamma": 0.0, "pure_noise_share": 0.5,
-                    "num_res_blocks": 2}
-
-
-@dataclass(frozen=True)
-class Progress:
-    step: int
-    total: int
-    loss: float  # smoothed
-    images_per_s: float
-
-
-@dataclass(frozen=True)
-class Note:
-    text: str
-
-
-@dataclass(frozen=True)
-class Started:
-    """What the run found and is about to do; sent once, before the first step."""
-
-    images: int
-    class_names: tuple[str, ...]
-    image_size: int
-    channels: int
-    crops: bool  # trains on random crops of the images as they are (upscaling), not on whole images resized
-    device: str
-    out: Path
-    step: int  # where it starts: 0, or the step a resumed run stopped at
-    total: int
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """How long the rest of the run should take, from the pace of its first steps; sent once."""
-
-    seconds: float
-    step: int  # the step it was made at
-
-
-@dataclass(frozen=True)
-class Finishing:
-    """The last step is done; the final checkpoint and sample grid are being written, which takes a while."""
-
-    step: int
-    grid_images: int  # 0 when no grid is drawn
-    sample_steps: int
-
-
-Event = Progress | Note | Started | Estimate | Finishing
-
-
-@dataclass(frozen=True)
-class Ranks:
-    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
-
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise OptionError(f"--device {name}: no CUDA device here; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise OptionError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
-
-
-@contextmanager
-def process_group(device: torch.device) -> Iterator[Ranks]:
-    """Join the process group torchrun describes in the environment (NCCL on GPUs, gloo on CPUs), and
-    leave it together on the way out: a gloo rank that shut down while another was still at work, or
-    with its group still alive, now and then aborted at exit ("terminate called without an active
-    exception")."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        yield Ranks()
-        return
-    joined = not dist.is_initialized()
-    if joined:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        yield Ranks(dist.get_rank(), dist.get_world_size())
-        dist.barrier()  # not after an error: the other ranks may never get here
-    finally:
-        if joined:
-            dist.destroy_process_group()
-
-
-def check_config(cfg: TrainConfig, ranks: Ranks) -> None:
+def check_options(cfg: TrainConfig, ranks: Ranks) -> None:
     if cfg.preset not in PRESETS:
         raise OptionError(f"--preset {cfg.preset}: choose one of {', '.join(PRESETS)}")
-    for name in ("max_steps", "batch_size", "grad_accum", "save_every", "sample_every", "log_every", "image_size"):
-        if getattr(cfg, name) < 1:
-            raise OptionError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
-    if cfg.batch_size % (cfg.grad_accum * ranks.world):
-        raise OptionError(
-            f"--batch-size {cfg.batch_size}: must be a multiple of --grad-accum ({cfg.grad_accum}) "
-            f"times the number of processes ({ranks.world})"
-        )
-    if cfg.task is Task.UPSCALE and cfg.scale not in (2, 4, 8):
-        raise OptionError(f"--scale {cfg.scale}: choose 2, 4 or 8")
-    if cfg.channels not in (None, 1, 3, 4):
-        raise OptionError(f"--channels {cfg.channels}: choose 1, 3 or 4")
-    if cfg.epochs is not None and cfg.epochs < 1:
-        raise OptionError(f"--epochs {cfg.epochs}: must be at least 1")
-    if not 0 <= cfg.label_dropout < 1:
-        raise OptionError(f"--label-dropout {cfg.label_dropout}: must be in [0, 1)")
-    if not 0 <= cfg.pure_noise_share <= 1:
-        raise OptionError(f"--pure-noise-share {cfg.pure_noise_share}: must be in [0, 1]")
-    if not 0 < cfg.random_shrink <= 1:
-        raise OptionError(f"--random-shrink {cfg.random_shrink}: must be in (0, 1]; 1 turns it off")
-    if cfg.random_shrink < 1 and cfg.task is not Task.UPSCALE:
-        raise OptionError("--random-shrink: only for --task upscale (generation resizes every image to one size)")
-    if cfg.precision not in ("auto", "fp32", "bf16"):
-        raise OptionError(f"--precision {cfg.precision}: choose auto, fp32 or bf16")
+    check_config(cfg, ranks.world)
 
 
 def build_spec(cfg: TrainConfig, data: Dataset) -> ModelSpec:
@@ -280,169 +116,6 @@ def check_unet(unet: UNetConfig) -> None:
         raise OptionError(f"--attention-levels: levels run from 0 to {unet.num_levels - 1}")
 
 
-class Batches:
-    """Global micro-batches k = 0, 1, 2, ... of uint8 crops, with the randomness that goes with them.
-
-    Each rank gets its contiguous slice of every global micro-batch. From memory the crops are cut
-    here; from disk they are decoded ahead by DataLoader workers. Files that fail to decode then (deleted
-    or damaged since the run started) are collected in `skipped` and reported once each to `on_skip`.
-    """
-
-    def __init__(self, data: Dataset, cfg: TrainConfig, ranks: Ranks, first_k: int,
-                 on_skip: Callable[[str], None] | None = None):
-        self.data, self.cfg, self.ranks, self.on_skip = data, cfg, ranks, on_skip
-        self.micro = cfg.batch_size // cfg.grad_accum
-        self.order = DataOrder(len(data), self.micro, cfg.seed)
-        self.skipped: dict[str, None] = {}  # an ordered set of messages
-        self.loader = None
-        if data.images is None:
-            self.loader = iter(torch.utils.data.DataLoader(
-                FileImages(data), batch_sampler=self.crop_requests(first_k), num_workers=cfg.workers,
-                persistent_workers=cfg.workers > 0, collate_fn=collate_crops,
-            ))
-
-    def my_slice(self) -> slice:
-        per_rank = self.micro // self.ranks.world
-        return slice(self.ranks.rank * per_rank, (self.ranks.rank + 1) * per_rank)
-
-    def plan(self, k: int) -> tuple[list[int], list[tuple[float, float, float]], torch.Generator]:
-        """This rank's image indices and crops (position, shrink factor) in micro-batch k, and the batch's
-        generator."""
-        g = batch_generator(self.cfg.seed, k)
-        idx, u = self.order.indices(k), torch.rand(self.micro, 2, generator=g)  # crop positions: the first draw
-        factor = torch.ones(self.micro, 1)
-        if self.cfg.random_shrink < 1:  # log-uniform in [random_shrink, 1]; drawn only then, so runs without it
-            factor = self.cfg.random_shrink ** torch.rand(self.micro, 1, generator=g)  # keep their stream
-        s = self.my_slice()
-        return idx[s].tolist(), [tuple(p) for p in torch.cat([u, factor], 1)[s].tolist()], g
-
-    def crop_requests(self, k: int) -> Iterator[list[tuple[int, float, float, float]]]:
-        """What the DataLoader workers should decode for micro-batches k, k+1, ... (this rank only)."""
-        while True:
-            idx, crops, _ = self.plan(k)
-            yield [(i, *crop) for i, crop in zip(idx, crops)]
-            k += 1
-
-    def get(self, k: int) -> tuple[Tensor, Tensor, torch.Generator]:
-        """(uint8 crops, labels) of this rank's share of micro-batch k, and the generator to continue with."""
-        idx, crops, g = self.plan(k)
-        if self.loader is not None:
-            images = self.streamed()
-        else:
-            images = torch.stack([shrunk_crop(self.data.images[i], uy, ux, self.cfg.image_size, factor)
-                                  for i, (uy, ux, factor) in zip(idx, crops)])
-        return images, self.data.labels[idx], g
-
-    def streamed(self) -> Tensor:
-        """The workers' next batch of crops, reporting the files that failed on the way."""
-        images, failed = next(self.loader)
-        for message in failed:
-            if message not in self.skipped:
-                self.skipped[message] = None
-                if self.on_skip:
-                    self.on_skip(f"skipping {message}")
-        if images is None:
-            raise DataError(f"{self.cfg.data_dir}: none of its images can be decoded any more (moved or deleted "
-                            "during the run?); put them back and continue with --resume")
-        return images
-
-
-def aux_batches(data: Dataset, cfg: TrainConfig, batch_size: int) -> Batches:
-    """Batches for a look at the data outside the training stream (no workers, one process)."""
-    return Batches(data, replace(cfg, batch_size=batch_size, grad_accum=1, workers=0), Ranks(), 0)
-
-
-def make_inputs(crops: Tensor, labels: Tensor, g: torch.Generator, spec: ModelSpec, cfg: TrainConfig, s: slice, micro: int):
-    """(x0, labels, cond) for the model; the random draws cover the global micro-batch, then take slice s."""
-    flip = (torch.rand(micro, generator=g) < 0.5)[s]
-    drop = (torch.rand(micro, generator=g) < cfg.label_dropout)[s]
-    hr = to_model_range(crops)
-    if spec.task is Task.UPSCALE:
-        # Texture statistics of photos are much the same turned or mirrored, so use all 8 variants. The LR
-        # input is rounded to 8 bits like a real file's, and the residual is taken over its upsampling.
-        if cfg.flip:
-            hr = random_dihedral(hr, torch.randint(8, (micro,), generator=g)[s])
-        lr = quantize(downsample(hr, spec.scale))
-        return (hr - upsample(lr, spec.scale)) * spec.residual_scale, None, lr
-    if cfg.flip:
-        hr = random_flip(hr, flip)
-    if not spec.class_names:
-        return hr, None, None
-    return hr, labels.masked_fill(drop, spec.unet.num_classes), None
-
-
-def trains_in_bf16(precision: str, device: torch.device) -> bool:
-    """Whether the forward pass runs under bf16 autocast: by default on CUDA only. On a CPU with native bf16
-    (AVX512-BF16) it trains about 1.2x faster, to the same PSNR in a fine-tune but slightly lower from
-    scratch (docs/upscale.md), and elsewhere it is emulated and slower, so CPUs use it only when asked."""
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
-
-
-def diffusion_loss(model, alphas_cumprod: Tensor, spec: ModelSpec, cfg: TrainConfig, inputs, g: torch.Generator, s: slice, micro: int) -> Tensor:
-    """The weighted denoising loss of this rank's slice of a micro-batch, at random timesteps: uniform, but
-    with a share of them at T-1, the pure noise where sampling starts."""
-    x0, labels, cond = inputs
-    t = torch.randint(len(alphas_cumprod), (micro,), generator=g)[s]
-    if cfg.pure_noise_share:
-        at_start = (torch.rand(micro, generator=g) < cfg.pure_noise_share)[s]
-        t = t.masked_fill(at_start, len(alphas_cumprod) - 1)
-    noise = torch.randn((micro, *x0.shape[1:]), generator=g)[s]
-    device = next(model.parameters()).device
-    x0, noise, t = x0.to(device), noise.to(device), t.to(device)
-    ab = alphas_cumprod.to(device)[t]
-    x_t = q_sample(ab, x0, noise)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=trains_in_bf16(cfg.precision, device)):
-        out = model(x_t, t, None if labels is None else labels.to(device), None if cond is None else cond.to(device))
-    per_sample = ((out.float() - target(spec.prediction, x0, noise, ab)) ** 2).mean(dim=(1, 2, 3))
-    return (min_snr_weight(spec.prediction, ab, cfg.min_snr_gamma) * per_sample).mean()
-
-
-def residual_scale(batches: Batches, cfg: TrainConfig) -> float:
-    """Scale the HR - bicubic(LR) residual to a standard deviation of 0.5, like images in [-1, 1]."""
-    hr = to_model_range(torch.cat([batches.get(k)[0] for k in range(max(1, 64 // batches.micro))]))
-    std = float((hr - upsample(downsample(hr, cfg.scale), cfg.scale)).std())
-    return 0.5 / max(std, 1e-3)
-
-
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p, 1 - decay)
-
-
-def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up to cfg.lr, then constant or (lr_decay) a cosine down to zero at max_steps."""
-    if step < cfg.warmup_steps or not cfg.lr_decay:
-        return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-    done = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
-
-
-@contextmanager
-def stop_requests() -> Iterator[list[str]]:
-    """Turn SIGINT/SIGTERM into a flag the loop checks between steps, so it can save first."""
-    requested: list[str] = []
-
-    def handler(signum, frame):
-        requested.append(signal.Signals(signum).name)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield requested
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def all_ranks(value: float, ranks: Ranks, op=None) -> float:
-    """Reduce a number over ranks (mean by default) so every rank takes the same decisions."""
-    if ranks.world == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return float(t) / (ranks.world if op is None else 1)
-
-
 @dataclass(frozen=True)
 class Trained:
     model_path: Path  # RUN_DIR/model.safetensors
@@ -460,16 +133,17 @@ def train(
     command: str | None = None,
 ) -> Trained:
     """Train (or with `resume`, continue) a model; `command` is recorded in a new model's provenance."""
-    device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    device = local_device(cfg.device)
     with process_group(device) as ranks:
         notify = (callback or (lambda event: None)) if ranks.main else (lambda event: None)
-        check_config(cfg, ranks)
+        check_options(cfg, ranks)
         out = Path(cfg.out_dir)
         check_run_dir(out, Path(cfg.data_dir), resume)
-        if ranks.world > 1:
-            dist.barrier()  # every rank has checked --out before rank 0 writes to it
+        if resume:  # a library caller too may change only the settings declared resumable (config.py)
+            check_resume(cfg, state_config(state_file(out)))
+        barrier(ranks)  # every rank has checked --out before rank 0 writes to it
         if resume and cfg.channels is None:  # the run's own colours, whatever the data's majority is now
-            cfg = replace(cfg, channels=state_spec(out / "state.safetensors").channels)
+            cfg = replace(cfg, channels=state_spec(state_file(out)).channels)
         cfg, data = load_data(cfg, notify)
         # The model is checked against the options and the data before the run folder is touched.
         spec, start = build_spec(cfg, data), None
@@ -489,7 +163,7 @@ def open_run(
     notify: Callable[[Event], None], resume: bool,
 ) -> tuple[ModelSpec, torch.nn.Module, torch.nn.Module, torch.optim.Optimizer, int]:
     """(spec, model, EMA, optimizer, step) of a new run, or restored from the run folder's state."""
-    state = read_state(out / "state.safetensors") if resume else None
+    state = read_state(state_file(out)) if resume else None
     if state is not None:
         spec = saved_spec(state[1])  # the run's own network, e.g. the one --init-from started it from
     model = (UNet(spec.unet) if start is None else start).to(device)
@@ -498,7 +172,7 @@ def open_run(
     step = 0
     if state is not None:
         step = restore_state(state, model, ema, opt)
-        truncate_log(out / "log.jsonl", step)
+        truncate_log(log_file(out), step)
         for leftover in out.glob(".*.safetensors.*.tmp"):  # half-written by a process that was killed
             leftover.unlink(missing_ok=True)
         notify(Note(f"resuming {out} at step {step}"))
@@ -519,24 +193,24 @@ def train_loop(
     if cfg.task is Task.UPSCALE and not resume and not cfg.init_from:
         spec = replace(spec, residual_scale=residual_scale(aux_batches(data, cfg, cfg.batch_size), cfg))
     if ranks.main:
-        (out / "samples").mkdir(parents=True, exist_ok=True)
+        sample_file(out, 0).parent.mkdir(parents=True, exist_ok=True)
     net = torch.nn.parallel.DistributedDataParallel(model) if ranks.world > 1 else model
-    alphas_cumprod = spec.make_schedule().alphas_cumprod.float()
+    loss_fn = DiffusionLoss.of(spec, cfg)
     if step < cfg.max_steps:  # else a resumed run that has finished: the caller says so
         notify(Started(len(data), spec.class_names, cfg.image_size, spec.channels, cfg.task is Task.UPSCALE,
                        str(device), out, step, cfg.max_steps))
 
     def checkpoint(at: int) -> None:
         if ranks.main:
-            with writing(out / "state.safetensors", cfg):
-                save_state(out / "state.safetensors", model, ema, opt, replace(spec, train_steps=at), cfg, at)
-            with writing(out / "model.safetensors", cfg):
-                save_model(out / "model.safetensors", ema, replace(spec, train_steps=at))
+            with writing(state_file(out), cfg):
+                save_state(state_file(out), model, ema, opt, replace(spec, train_steps=at), cfg, at)
+            with writing(model_file(out), cfg):
+                save_model(model_file(out), ema, replace(spec, train_steps=at))
 
     first, smoothed, samples, pace = step, None, None, Pace(step, cfg.max_steps)
     with stop_requests() as stop:
         while step < cfg.max_steps:
-            loss = all_ranks(train_step(net, opt, batches, spec, cfg, alphas_cumprod, step), ranks)
+            loss = all_ranks(train_step(net, opt, batches, spec, loss_fn, cfg, step), ranks)
             if not math.isfinite(loss):
                 raise DiffgenError(
                     f"{out}: the loss became {loss} at step {step + 1}; the last good checkpoint is kept. "
@@ -546,12 +220,12 @@ def train_loop(
             step += 1
             smoothed = loss if smoothed is None else 0.98 * smoothed + 0.02 * loss
             ips = (step - first) * cfg.batch_size / (pace.clock() - pace.t0)
-            notify(Progress(step, cfg.max_steps, smoothed, ips))
+            notify(StepDone(step, cfg.max_steps, smoothed, ips))
             if estimate := pace.after(step):
                 notify(estimate)
             if ranks.main and step % cfg.log_every == 0:
                 record = {"step": step, "loss": loss, "lr": learning_rate(cfg, step - 1), "images_per_s": ips}
-                append_log(out / "log.jsonl", record, cfg)
+                append_log(log_file(out), record, cfg)
             sampling = ranks.main and (step % cfg.sample_every == 0 or step == cfg.max_steps)
             if step == cfg.max_steps:
                 notify(Finishing(step, grid_size(spec, data) if sampling else 0, cfg.sample_steps))
@@ -559,11 +233,11 @@ def train_loop(
                 checkpoint(step)
             if sampling:  # after the checkpoint: a run stopped while sampling has lost nothing
                 samples = write_samples(out, LoadedModel(replace(spec, train_steps=step), ema.eval(), out), data, cfg, step)
-            if all_ranks(float(bool(stop)), ranks, dist.ReduceOp.MAX if ranks.world > 1 else None):
+            if any_rank(bool(stop), ranks):
                 checkpoint(step)
                 raise TrainingInterrupted(f"stopped by {stop[0] if stop else 'a signal'} at step {step}; saved. "
                                           f"Continue with: {resume_command(cfg)}")
-    return Trained(out / "model.safetensors", data.skipped + tuple(batches.skipped), replace(spec, train_steps=step),
+    return Trained(model_file(out), data.skipped + tuple(batches.skipped), replace(spec, train_steps=step),
                    step, step - first, smoothed, pace.clock() - pace.t0, samples)
 
 
@@ -592,21 +266,6 @@ class Pace:
             return None
         self.said = True
         return Estimate((now - self.warm) / timed * (self.total - step), step)
-
-
-def resume_command(cfg: TrainConfig) -> str:
-    return shlex.join(["diffgen", "train", str(cfg.data_dir), "--out", str(cfg.out_dir), "--resume"])
-
-
-@contextmanager
-def writing(path: Path, cfg: TrainConfig) -> Iterator[None]:
-    """Turn a failed write of a run's file (full disk, lost permission) into one line with the fix; the file
-    itself is written atomically, so the last complete one stays and no temporary file is left."""
-    try:
-        yield
-    except OSError as e:
-        raise DiffgenError(f"{path}: cannot write ({e.strerror}); {write_fix(e)}, then continue from the last checkpoint "
-                           f"with: {resume_command(cfg)}") from None
 
 
 @dataclass(frozen=True)
@@ -665,10 +324,6 @@ def check_memory(spec: ModelSpec, cfg: TrainConfig, device: torch.device, ranks:
     )
 
 
-def gib(n: float) -> str:
-    return f"{n / 2**30:,.1f} GiB"
-
-
 def load_data(cfg: TrainConfig, notify: Callable[[Event], None]) -> tuple[TrainConfig, Dataset]:
     """Open and check the data set; with --epochs, the config gets the step count they mean."""
     data = open_dataset(
@@ -686,7 +341,7 @@ def load_data(cfg: TrainConfig, notify: Callable[[Event], None]) -> tuple[TrainC
     return cfg, data
 
 
-def train_step(net, opt, batches: Batches, spec: ModelSpec, cfg: TrainConfig, alphas_cumprod: Tensor, step: int) -> float:
+def train_step(net, opt, batches: Batches, spec: ModelSpec, loss_fn: DiffusionLoss, cfg: TrainConfig, step: int) -> float:
     """One optimisation step over `grad_accum` micro-batches; returns this rank's mean loss."""
     net.train()
     for group in opt.param_groups:
@@ -694,9 +349,8 @@ def train_step(net, opt, batches: Batches, spec: ModelSpec, cfg: TrainConfig, al
     opt.zero_grad(set_to_none=True)
     total, s = 0.0, batches.my_slice()
     for j in range(cfg.grad_accum):
-        crops, labels, g = batches.get(step * cfg.grad_accum + j)
-        inputs = make_inputs(crops, labels, g, spec, cfg, s, batches.micro)
-        loss = diffusion_loss(net, alphas_cumprod, spec, cfg, inputs, g, s, batches.micro) / cfg.grad_accum
+        inputs, g = batches.inputs(step * cfg.grad_accum + j, spec)
+        loss = loss_fn(net, inputs, g, s, batches.micro) / cfg.grad_accum
         loss.backward()
         total += loss.item()
     if math.isfinite(total):
@@ -705,115 +359,12 @@ def train_step(net, opt, batches: Batches, spec: ModelSpec, cfg: TrainConfig, al
     return total
 
 
-LOCK = ".lock"  # in the run folder; empty, it only carries the lock
-
-
-@contextmanager
-def run_lock(out: Path, *, held: bool = True) -> Iterator[None]:
-    """An exclusive lock on the run folder for the whole run: a second trainer on it stops with an error.
-
-    Without it, a run resumed while the interrupted one is still saving would load an older state and
-    then both would write the folder. The OS drops the lock when the process dies, so none goes stale.
-    Where there is no fcntl (Windows) runs go unlocked.
-    """
-    try:
-        import fcntl  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - Windows
-        held = False
-    if not held:
-        yield
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OptionError(
-                f"--out {out}: another diffgen train is writing to this run; wait until it has stopped "
-                "(it saves first) or choose another --out"
-            ) from None
-        yield
-
-
-def check_run_dir(out: Path, data_dir: Path, resume: bool) -> None:
-    state = out / "state.safetensors"
-    if out.exists() and not out.is_dir():
-        raise OptionError(f"--out {out}: is a file; choose a folder for the run")
-    if resume and not state.exists():
-        if out.is_dir() and any(out.iterdir()) and no_checkpoint_yet(out):
-            raise OptionError(f"--resume: {out} has no checkpoint yet (its run stopped before the first save); "
-                              "start it again without --resume")
-        raise OptionError(f"--resume: {state} does not exist; start a new run without --resume")
-    if not resume and out.exists() and not no_checkpoint_yet(out):
-        raise OptionError(f"--out {out}: already holds a run; pass --resume to continue it or choose a new folder")
-    if out.resolve().is_relative_to(data_dir.resolve()):
-        raise OptionError(f"--out {out}: is inside the data folder {data_dir}; put the run somewhere else")
-    check_writable(out)
-
-
-def check_writable(out: Path) -> None:
-    """Refuse an --out that cannot be written before any work: the nearest folder on its path that exists
-    decides (a read-only disk, or another user's folder)."""
-    folder = out.absolute()
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise OptionError(f"--out {out}: {folder} is a file, not a folder; choose another --out")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OptionError(f"--out {out}: cannot write in {folder} (read-only, or no permission); "
-                          "choose another --out or change the folder's permissions")
-
-
-def is_temp(path: Path) -> bool:
-    return path.name.startswith(".") and path.name.endswith(".tmp")  # as files.atomic_write names them
-
-
-def no_checkpoint_yet(out: Path) -> bool:
-    """Whether `out` holds nothing but what a run stopped before its first checkpoint leaves: the lock, the
-    log, sample grids and temporary files. Such a run starts again from step 0 without --resume."""
-    early = {LOCK, "log.jsonl", "samples"}
-    samples = out / "samples"
-    return (all(p.name in early or is_temp(p) for p in out.iterdir())
-            and (not samples.is_dir() or all(p.suffix == ".png" or is_temp(p) for p in samples.iterdir())))
-
-
-def clear_leftovers(out: Path) -> bool:
-    """Remove what a run stopped before its first checkpoint left, so a new run starts clean; whether any."""
-    found = [p for p in [out / "log.jsonl", *out.glob(".*.tmp"), *out.glob("samples/*")] if p.is_file()]
-    for path in found:
-        path.unlink()
-    return bool(found)
-
-
 def check_data(data: Dataset, cfg: TrainConfig) -> None:
     # Upscaling draws many crops from each image, so only generation needs a batch of distinct images.
     if cfg.task is Task.GENERATE and len(data) < cfg.batch_size // cfg.grad_accum:
         raise DataError(
             f"{cfg.data_dir}: {len(data)} image(s) is fewer than one batch; lower --batch-size or add images"
         )
-
-
-def append_log(path: Path, record: dict, cfg: TrainConfig) -> None:
-    with writing(path, cfg), open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from, so steps never repeat, and lines torn
-    by a full disk or a crash mid-append, so the log stays readable."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text(errors="replace").splitlines() if log_step(line) <= step]
-    atomic_write(path, "".join(line + "\n" for line in keep).encode())
-
-
-def log_step(line: str) -> float:
-    """The step of a log line; infinity for a torn or foreign one, which `truncate_log` drops."""
-    try:
-        record = json.loads(line)
-        return float(record["step"])
-    except (ValueError, KeyError, TypeError):
-        return math.inf
 
 
 def grid_size(spec: ModelSpec, data: Dataset) -> int:
@@ -836,6 +387,6 @@ def write_samples(out: Path, loaded: LoadedModel, data: Dataset, cfg: TrainConfi
         labels = [r for r in range(rows) for _ in range(ncols)] if spec.class_names else None
         images = sample_batch(loaded, list(range(rows * ncols)), labels, steps=cfg.sample_steps)
         tiles = [tensor_to_pil(x) for x in images]
-    path = out / "samples" / f"step_{step:06d}.png"
+    path = sample_file(out, step)
     save_image(make_grid(tiles, ncols), path, overwrite=True)
     return path

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,10 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffgen.checkpoint import LoadedModel
-from diffgen.data import derived_seed, dihedral, undo_dihedral, upsample
 from diffgen.denoiser import make_denoiser
 from diffgen.errors import ImageError, OptionError
-from diffgen.hub import model_identity
+from diffgen.events import Advance
 from diffgen.images import (
     DEEP_GREY,
     IMAGE_SUFFIXES,
@@ -51,7 +49,11 @@ from diffgen.images import (
     split_planes,
 )
 from diffgen.memory import available_memory
-from diffgen.samplers import randn_like, sample_ddim
+from diffgen.provenance import model_identity
+from diffgen.samplers import Sampler, randn_like, sample_ddim, sampler_grid
+from diffgen.seeds import derived_seed
+from diffgen.text import count_of
+from diffgen.transforms import dihedral, undo_dihedral, upsample
 
 # One step (the model's MMSE estimate) averaged over two mirror images beats two steps of one view, at
 # the same cost, in PSNR and SSIM on both held-out sets (README).
@@ -60,7 +62,6 @@ DEFAULT_SAMPLES = 2
 DEFAULT_TILE = 192  # LR pixels; about 0.6 GB of activations for the small preset
 OVERLAP = 16  # LR pixels shared by neighbouring tiles
 
-Progress = Callable[[int, int], None]  # (tiles done, total tiles)
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
@@ -113,7 +114,8 @@ def sample_residual(loaded: LoadedModel, lr: Tensor, sampling: Sampling, seed: i
     b, c, h, w = lr.shape
     x = randn_like(lr.new_empty(b, c, spec.scale * h, spec.scale * w), generator)
     denoise = make_denoiser(loaded.model, schedule, spec.prediction, cond=lr)
-    return sample_ddim(denoise, x, schedule, sampling.steps, eta=sampling.eta, generator=generator)
+    ts = sampler_grid(Sampler.DDIM, schedule, sampling.steps)
+    return sample_ddim(denoise, x, schedule, ts, eta=sampling.eta, generator=generator)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -160,7 +162,7 @@ def upscale_tiled(
     tile: int | None = None,
     sampling: Sampling = Sampling(),
     bits: int = 8,
-    callback: Progress | None = None,
+    callback: Advance | None = None,
 ) -> np.ndarray:
     """Upscale a (C, h, w) image in [-1, 1] tile by tile -> (s·h, s·w, C) uint8 (or uint16) array."""
     s = loaded.spec.scale
@@ -213,7 +215,7 @@ def upscale_image(
     *,
     tile: int | None = None,
     sampling: Sampling = Sampling(),
-    callback: Progress | None = None,
+    callback: Advance | None = None,
 ) -> tuple[Image.Image, str | None]:
     """Upscale a Pillow image of any mode into one of the same kind; also returns a conversion note."""
     planes = split_planes(img)
@@ -238,7 +240,7 @@ def upscale_file(
     sampling: Sampling = Sampling(),
     overwrite: bool = False,
     quality: int = 95,
-    callback: Progress | None = None,
+    callback: Advance | None = None,
 ) -> Upscaled:
     """Upscale one image file into `dst`, keeping its kind (grey, alpha, 16-bit), ICC profile and PNG text."""
     make_folder(dst.parent)  # before the work: a folder that cannot be made fails in a moment, not after it
@@ -342,11 +344,6 @@ def pattern_root(pattern: str) -> Path:
     parts = Path(pattern).parts
     literal = next(i for i, part in enumerate(parts) if glob.has_magic(part))
     return Path(*parts[:literal]) if literal else Path()
-
-
-def count_of(n: int, noun: str) -> str:
-    """'1 image', '2 images'."""
-    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def out_is_file(out: Path | None) -> bool:

@@ -1,0 +1,110 @@
+"""`diffgen generate`: images from a trained model, numbered, each with the command that remakes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from diffgen.cli.base import (
+    DEVICE_HELP, MODEL_HELP, PRECISION_HELP, PlainCommand, app, check_positive, console_err, freeze_imports, labelled, printable,
+    run_command, stop_on_signals,
+)
+from diffgen.cli.output import ItemBar, report_done
+from diffgen.enums import ImageFormat, Precision, Sampler, Spacing
+from diffgen.text import count_of
+
+if TYPE_CHECKING:
+    from diffgen.generate import Outputs
+
+
+@app.command(cls=PlainCommand)
+@run_command
+def generate(
+    model: Annotated[Optional[str], typer.Option(help=MODEL_HELP, metavar="MODEL", show_default="digits")] = None,
+    n: Annotated[int, typer.Option("--n", "-n", help="Number of images.")] = 16,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the numbered images.", show_default="generated; none with --grid")] = None,
+    start: Annotated[Optional[int], typer.Option(help="Index of the first image (and its seed and class).", show_default="after the images in --out")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Number from 0 (or --start) and replace existing files.")] = False,
+    seed: Annotated[int, typer.Option(help="Run seed; image i gets its own seed from it.")] = 0,
+    steps: Annotated[int, typer.Option(help="Denoising steps: more is slower, and finer up to a point.")] = 10,
+    sampler: Annotated[Sampler, typer.Option(help="Sampling method: unipc and dpm++2m need about 10 steps, ddim and heun more, ddpm all of the model's.")] = Sampler.UNIPC,
+    spacing: Annotated[Optional[Spacing], typer.Option(help="How the steps are spread over the noise levels (timestep spacing).", show_default="the sampler's")] = None,
+    class_: Annotated[Optional[list[str]], typer.Option("--class", metavar="CLASS", help="Class name or index; repeat for several; default: all in turn.")] = None,
+    guidance: Annotated[float, typer.Option(help="How strongly each image follows its class (classifier-free guidance weight w): 0 off; 0.5-1 makes every image its class, with less variety.")] = 0.0,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass; fewer if a batch would not fit in memory.")] = 16,
+    grid: Annotated[Optional[Path], typer.Option(help="Write all images as one grid to this file (alone, unless --out is given).")] = None,
+    format: Annotated[ImageFormat, typer.Option("--format", case_sensitive=False, help="Image format.")] = ImageFormat.PNG,
+    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.AUTO,
+    device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
+) -> None:
+    """Generate images with a trained model. A second run into the same folder numbers its new images after the
+    old ones; each PNG records the command that remakes it.
+
+    Examples:
+      diffgen generate --n 16 --out imgs/
+      diffgen generate --model runs/digits --class 7 --n 8 --out sevens/ --grid sevens.png
+      diffgen generate --start 5 --n 1 --seed 0
+    """
+    from diffgen.checkpoint import Task, with_precision  # noqa: PLC0415
+    from diffgen.errors import OptionError  # noqa: PLC0415
+    from diffgen.generate import Outputs, Recipe, check_outputs, class_index, first_index, fit_batch_size  # noqa: PLC0415
+    from diffgen.images import SUFFIX_OF, format_of  # noqa: PLC0415
+    from diffgen.models import open_model  # noqa: PLC0415
+    from diffgen.runtime import pick_device  # noqa: PLC0415
+    from diffgen.samplers import check_steps  # noqa: PLC0415
+
+    freeze_imports()
+    check_positive("--n", n)
+    check_positive("--steps", steps)
+    check_positive("--batch-size", batch_size)
+    if guidance < 0:
+        raise OptionError(f"--guidance {guidance}: must be 0 or more")
+    loaded = with_precision(open_model(model, Task.GENERATE, pick_device(device)), precision)
+    check_steps(steps, loaded.spec.num_timesteps)
+    classes = tuple(class_index(loaded.spec.class_names, c) for c in class_ or ())
+    batch, note = fit_batch_size(loaded, batch_size, n, guided=guidance > 0 and bool(loaded.spec.class_names))
+    folder = out if out is not None or grid is not None else Path("generated")
+    outputs = Outputs(folder, first_index(folder, start, overwrite), n, grid, overwrite)
+    fmt = SUFFIX_OF[format_of(format.value)]  # jpeg and JPG write .jpg files
+    check_outputs(outputs, fmt, loaded.spec.image_size)
+    for line in (note, continuing(outputs, start)):
+        if line:
+            console_err.print(labelled("note:", "yellow", line), highlight=False, soft_wrap=True)
+    recipe = Recipe.of(loaded, seed=seed, steps=steps, sampler=sampler,
+                       spacing=spacing, classes=classes, guidance=guidance, fmt=fmt)
+    write_with_bar(loaded, recipe, outputs, batch)
+    report_done(f"{made_text(outputs)} on {next(loaded.model.parameters()).device}")
+
+
+def write_with_bar(loaded, recipe, outputs: Outputs, batch: int) -> None:
+    """Write the images with a progress bar; a stop keeps what was written and says how to go on."""
+    from diffgen.generate import GenerationInterrupted, write_run  # noqa: PLC0415
+
+    with ItemBar("generating", outputs.n) as advance:
+        try:
+            with stop_on_signals():  # SIGTERM too keeps what was written and says how to go on
+                write_run(loaded, recipe, outputs, batch_size=batch, callback=advance)
+        except GenerationInterrupted as e:  # asked for, and what was made is kept: not an error
+            console_err.print(printable(str(e)), style="yellow", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+
+
+def made_text(outputs: Outputs) -> str:
+    """'16 images in imgs (0-15), grid g.png', or 'a grid of 16 images in g.png'."""
+    from diffgen.generate import index_span  # noqa: PLC0415
+
+    n, folder, grid = outputs.n, outputs.folder, outputs.grid
+    if not folder:
+        return f"a grid of {count_of(n, 'image')} in {grid}"
+    return f"{count_of(n, 'image')} in {folder} ({index_span(outputs.start, n)})" + (f", grid {grid}" if grid else "")
+
+
+def continuing(outputs: Outputs, start: int | None) -> str | None:
+    """The note when a run numbers its images after those already in its folder."""
+    if start is not None or not outputs.start:
+        return None
+    return (f"{outputs.folder} already holds images up to {outputs.start - 1}; numbering goes on at {outputs.start} "
+            "(--overwrite starts again at 0)")
+
