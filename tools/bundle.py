@@ -21,7 +21,7 @@ import torch
 
 from diffgen.checkpoint import load_model, save_model
 from diffgen.errors import DiffgenError
-from diffgen.hub import model_file
+from diffgen.runs import find_model
 
 
 def parse_extra(items: list[str]) -> dict:
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--extra", action="append", default=[], help="KEY=VALUE provenance to record")
     args = parser.parse_args()
     try:
-        srcs = [model_file(run) for run in args.runs]
+        srcs = [find_model(run) for run in args.runs]
         loaded = [load_model(src) for src in srcs]
     except DiffgenError as e:
         parser.error(str(e))
