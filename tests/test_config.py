@@ -40,6 +40,8 @@ def test_json_round_trips_tuples_and_enums_and_older_files_get_new_defaults():
     older = json.loads(config_to_json(cfg))
     del older["random_shrink"]  # a setting added after the file was written
     assert config_from_json(json.dumps(older)).random_shrink == 1.0
+    with pytest.raises(KeyError):  # a file without the run's folders is damaged, not old
+        config_from_json('{"data_dir": "d"}')
 
 
 def test_every_option_of_train_comes_from_a_setting_with_its_help():

@@ -253,10 +253,16 @@ def config_to_json(cfg: TrainConfig) -> str:
     return json.dumps({f.name: getattr(cfg, f.name) for f in settings()}, default=str)
 
 
+# Settings every state file has held since the first version: a file without one is damaged, not old.
+IN_EVERY_FILE = ("data_dir", "out_dir", "task", "prediction", "schedule")
+
+
 def config_from_json(text: str) -> TrainConfig:
     """The config `config_to_json` wrote; settings it lacks (older files) take their defaults."""
     types = setting_types()
     d = json.loads(text)
+    if missing := [key for key in IN_EVERY_FILE if key not in d]:
+        raise KeyError(missing[0])  # a damaged file: state.damaged_state says so
     return TrainConfig(**{key: as_type(types[key], value) if key in types else value for key, value in d.items()})
 
 
