@@ -59,6 +59,11 @@ def output_suffix(src: Path) -> str:
     return ".mp4" if suffix in ANIMATION_SUFFIXES else ".mkv"
 
 
+def output_name(src: Path, suffix: str) -> str:
+    """The name of a video's output beside it or under --out: clip.mp4 -> clip_x4.mp4, anim.gif -> anim_x4.mp4."""
+    return f"{src.stem}{suffix}{output_suffix(src)}"
+
+
 def is_video(path: Path) -> bool:
     """Whether diffgen upscales `path` as a video: by suffix, by the container's first bytes when the suffix is
     unknown, and GIF, WebP only when animated (more than one frame)."""
@@ -105,4 +110,7 @@ def require_av(path: Path):
         import av  # noqa: PLC0415
     except ImportError:
         raise VideoError(f"{path}: upscaling videos needs PyAV, which is not installed; {INSTALL}") from None
+    if not hasattr(av.video.stream.VideoStream, "set_display_matrix"):  # PyAV 18 on: rotation can be written
+        raise VideoError(f"{path}: upscaling videos needs PyAV 18 or later, and {av.__version__} is installed; "
+                         f"pip install -U \"diffgen[video]\"")
     return av

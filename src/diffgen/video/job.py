@@ -79,7 +79,8 @@ class VideoResult:
 
 def upscale_frame(loaded: LoadedModel, rgb: np.ndarray, *, tile: int | None, sampling: Sampling) -> np.ndarray:
     """One (H, W, 3) uint8 frame upscaled as `upscale_image` upscales an RGB picture."""
-    return upscale_tiled(loaded, to_model_range(torch.from_numpy(rgb).permute(2, 0, 1)), tile=tile, sampling=sampling)
+    pixels = torch.from_numpy(rgb if rgb.flags.writeable else rgb.copy())  # torch wants memory it may write
+    return upscale_tiled(loaded, to_model_range(pixels.permute(2, 0, 1)), tile=tile, sampling=sampling)
 
 
 def upscale_video(
@@ -117,15 +118,15 @@ def upscale_video(
             upscale = partial(upscale_frame, loaded, tile=tile, sampling=sampling)
             done, stopped = encode_pieces(source.frames(), work, first, segment_frames, upscale,
                                           Writer(encoding, probe, size), Reporter(on_progress, probe.total, first), stop)
+            kept = finish_partial(work, src, dst, probe) if stopped and keep_partial else None
             if stopped:
-                kept = finish_partial(work, src, dst, probe) if keep_partial else None
                 work.drop_pending(None)
             else:
                 finish(work, src, dst, probe, overwrite=overwrite)
     scaled = (probe.width * loaded.spec.scale, probe.height * loaded.spec.scale)
     padded = [f"padded to {size[0]}x{size[1]}: {encoding.pix_fmt} needs even sizes"] if size != scaled else []
-    return VideoResult(src, None if stopped else dst, done, size, min(first, done), stopped,
-                       kept if stopped else None, "; ".join(list(probe.notes) + padded) or None)
+    return VideoResult(src, None if stopped else dst, done, size, min(first, done), stopped, kept,
+                       "; ".join(list(probe.notes) + padded) or None)
 
 
 def choose_encoding(dst: Path, codec: Codec | None, crf: int | None, pix_fmt: str) -> Encoding:
@@ -279,8 +280,12 @@ def work_folder(dst: Path, settings: dict, resume: bool) -> Iterator[Work]:
     try:
         work.folder.mkdir(exist_ok=True)
         with locked(work.folder / ".lock", dst):
-            work.start(settings, dst, resume)
-            yield work
+            try:
+                work.start(settings, dst, resume)
+                yield work
+            finally:
+                if work.folder.is_dir() and not work.pieces():  # nothing worth resuming: leave no trace
+                    shutil.rmtree(work.folder, ignore_errors=True)
     except OSError as e:
         raise VideoError(f"{dst}: cannot write the work folder {work.folder} ({e.strerror}); {write_fix(e)} or "
                          "choose another --out") from None

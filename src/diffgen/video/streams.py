@@ -138,6 +138,19 @@ class VideoSource:
         self.close()
 
 
+def is_complete_video(path: Path) -> bool:
+    """Whether a video file opens, has a video stream and reads to its end: for --skip-existing, so an output
+    cut short by another tool (a copy, a full disk) is done again."""
+    av = require_av(path)
+    try:
+        with av.open(str(path)) as container:
+            for _ in container.demux():
+                pass
+            return bool(container.streams.video)
+    except (av.error.FFmpegError, OSError):
+        return False
+
+
 def main_video_stream(container, path: Path):
     """The first video stream that is not a cover picture."""
     av = require_av(path)
@@ -322,6 +335,8 @@ def check_writable(src: Path, dst: Path, encoding: Encoding, probe: Probe, size:
     if not accepts(av, fmt, lambda out: add_video_stream(out, encoding, probe, size)):
         raise VideoError(f"{dst}: a {dst.suffix} file cannot hold {encoding.codec.value} video; choose another "
                          f"--codec, or an --out name ending in .mkv (Matroska holds any codec)")
+    if not probe.copied:
+        return
     with reading(src), av.open(str(src)) as source:
         for index in probe.copied:
             stream = source.streams[index]
