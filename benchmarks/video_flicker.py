@@ -1,7 +1,8 @@
 """Temporal stability of video upscaling: flicker of diffgen beside bicubic, and PSNR per frame.
 
-The clip pans a crop across a held-out photo (scikit-learn's china), one low-resolution pixel a frame, so
-the true motion is known: frame t+1 is frame t moved left by one LR pixel (`scale` output pixels). Flicker
+The clip pans a crop across a held-out photo (scikit-learn's china), one low-resolution pixel a frame
+(`--step`), so the true motion is known: frame t+1 is frame t moved left by one LR pixel (`scale` output
+pixels). Flicker
 is the mean absolute difference of luma (Y, 0-255) between consecutive frames after undoing that motion,
 inside a margin that keeps edge effects out. A perfectly stable upscaler has the flicker of the ground
 truth, 0; the clean input has 0 too. The second clip JPEG-compresses each LR frame (quality 50), as a
@@ -40,18 +41,19 @@ def china() -> Image.Image:
     return Image.fromarray(load_sample_image("china.jpg"))
 
 
-def panning_clip(photo: Image.Image, size: tuple[int, int], frames: int, scale: int, jpeg: int | None):
-    """(LR frames, HR frames): crops moving right one LR pixel a frame; LR frames JPEG-compressed if asked."""
+def panning_clip(photo: Image.Image, size: tuple[int, int], frames: int, scale: int, jpeg: int | None, step: int):
+    """(LR frames, HR frames): crops moving right `step` LR pixels a frame; LR frames JPEG-compressed if asked."""
     w, h = size
-    need = w + scale * frames
+    need = w + scale * step * frames
     if need > photo.width or h > photo.height:
         raise SystemExit(f"the photo is {photo.width}x{photo.height}; {frames} frames of {w}x{h} need {need}x{h}")
     top = (photo.height - h) // 2 // scale * scale
     lr_photo = photo.resize((photo.width // scale, photo.height // scale), Image.Resampling.BICUBIC)
     hr, lr = [], []
     for t in range(frames):
-        hr.append(photo.crop((scale * t, top, scale * t + w, top + h)))
-        crop = lr_photo.crop((t, top // scale, t + w // scale, (top + h) // scale))
+        x = step * t
+        hr.append(photo.crop((scale * x, top, scale * x + w, top + h)))
+        crop = lr_photo.crop((x, top // scale, x + w // scale, (top + h) // scale))
         lr.append(jpeg_round_trip(crop, jpeg) if jpeg else crop)
     return lr, hr
 
@@ -70,14 +72,15 @@ def flicker(frames: list[Image.Image], shift: int, margin: int) -> float:
     return float(np.mean(diffs))
 
 
-def measure(loaded, lr: list[Image.Image], hr: list[Image.Image], sampling: Sampling) -> dict:
+def measure(loaded, lr: list[Image.Image], hr: list[Image.Image], sampling: Sampling, step: int) -> dict:
     s = loaded.spec.scale
     ours = [Image.fromarray(upscale_frame(loaded, np.asarray(f), tile=None, sampling=sampling)) for f in lr]
     bicubic = [bicubic_upscale(f, s) for f in lr]
     psnr = {"diffgen": [score(o, h, s).psnr for o, h in zip(ours, hr)],
             "bicubic": [score(b, h, s).psnr for b, h in zip(bicubic, hr)]}
-    return {"flicker": {"input (LR)": flicker(lr, 1, MARGIN), "ground truth (HR)": flicker(hr, s, s * MARGIN),
-                        "bicubic": flicker(bicubic, s, s * MARGIN), "diffgen": flicker(ours, s, s * MARGIN)},
+    hr_step = s * step
+    return {"flicker": {"input (LR)": flicker(lr, step, MARGIN), "ground truth (HR)": flicker(hr, hr_step, s * MARGIN),
+                        "bicubic": flicker(bicubic, hr_step, s * MARGIN), "diffgen": flicker(ours, hr_step, s * MARGIN)},
             "psnr_per_frame": psnr,
             "frames_above_bicubic": sum(d > b for d, b in zip(psnr["diffgen"], psnr["bicubic"]))}
 
@@ -100,6 +103,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=[256, 192], metavar=("WIDTH", "HEIGHT"),
                         help="of the output (HR) frames, multiples of the scale")
     parser.add_argument("--jpeg", type=int, default=50, help="JPEG quality of the compressed clip's LR frames")
+    parser.add_argument("--step", type=int, default=1, help="LR pixels the crop moves a frame")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -107,12 +111,13 @@ def main() -> None:
     photo = china()
     rows = {}
     for name, jpeg in (("clean", None), (f"jpeg q{args.jpeg}", args.jpeg)):
-        lr, hr = panning_clip(photo, tuple(args.size), args.frames, loaded.spec.scale, jpeg)
-        rows[name] = measure(loaded, lr, hr, Sampling())
+        lr, hr = panning_clip(photo, tuple(args.size), args.frames, loaded.spec.scale, jpeg, args.step)
+        rows[name] = measure(loaded, lr, hr, Sampling(), args.step)
         report(name, rows[name], args.frames)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"frames": args.frames, "size": args.size, "precision": loaded.precision, **rows}, f, indent=1)
+            json.dump({"frames": args.frames, "size": args.size, "step": args.step, "precision": loaded.precision, **rows},
+                      f, indent=1)
 
 
 if __name__ == "__main__":
