@@ -331,5 +331,17 @@ def test_a_failure_keeps_finished_pieces_and_no_partial_file(tmp_path, loaded, m
     assert leftovers(tmp_path) == []  # no work folder with nothing to resume in it
 
 
+def test_a_second_upscale_into_the_same_output_is_refused(tmp_path, loaded):
+    fcntl = pytest.importorskip("fcntl")
+    src = make_clip(tmp_path / "clip.mp4", n=2)
+    work = tmp_path / ".out.mp4.diffgen-video"
+    work.mkdir()
+    with open(work / ".lock", "a") as held:  # as another process's upscale holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(VideoError, match="another diffgen is upscaling into it"):
+            upscale(src, tmp_path / "out.mp4", loaded)
+    assert not (tmp_path / "out.mp4").exists()
+
+
 def test_errors_are_diffgen_errors():
     assert issubclass(VideoError, DiffgenError)

@@ -115,7 +115,8 @@ class VideoSource:
         s = self.stream
         end = s.start_time + s.duration if s.start_time is not None and s.duration else None
         with reading(self.path):
-            decoded = ((f.pts, f.duration, partial(to_rgb, f)) for f in self.container.decode(s))
+            size = self.probe.width, self.probe.height
+            decoded = ((f.pts, f.duration, partial(to_rgb, f, *size)) for f in self.container.decode(s))
             yield from timed(decoded, default, end)
 
     def display_matrix(self) -> list[int] | None:
@@ -163,9 +164,10 @@ def main_video_stream(container, path: Path):
     return videos[0]
 
 
-def to_rgb(frame) -> np.ndarray:
-    """A decoded frame as (H, W, 3) uint8 RGB, through its own colour matrix (PyAV reads the frame's tag)."""
-    return frame.to_ndarray(format="rgb24")
+def to_rgb(frame, width: int, height: int) -> np.ndarray:
+    """A decoded frame as (H, W, 3) uint8 RGB, through its own colour matrix (PyAV reads the frame's tag), at the
+    stream's size (a stream that changes size midway is scaled back to its first)."""
+    return frame.to_ndarray(format="rgb24", width=width, height=height)
 
 
 def timed(decoded: Iterator[tuple[int | None, int | None, Callable]], default: int, end: int | None = None
