@@ -171,6 +171,7 @@ def test_codecs_and_containers(tmp_path, loaded, codec, suffix, name):
     with av.open(str(dst)) as c:
         assert c.streams.video[0].codec_context.name == name
     assert len(frames(dst)) == 3
+    assert (b"hvc1" in dst.read_bytes()) == (name == "hevc")  # the tag Apple's players need
 
 
 def test_odd_sizes_are_padded_for_yuv420p(tmp_path):

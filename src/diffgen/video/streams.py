@@ -370,6 +370,8 @@ def join(pieces: list[Path], src: Path, probe: Probe, target: Path, fmt: str, *,
     with av.open(str(pieces[0])) as first, av.open(str(src)) as source, \
             av.open(str(target), "w", format=fmt, options=options) as out:
         video = out.add_stream_from_template(first.streams.video[0])
+        if fmt in ("mp4", "mov") and video.codec_context.name in ("hevc", "libx265"):
+            video.codec_context.codec_tag = "hvc1"  # FFmpeg's default, hev1, does not play in Apple's players
         if matrix:
             video.set_display_matrix(matrix)
         copies = {i: copy_stream(out, source.streams[i]) for i in probe.copied}
