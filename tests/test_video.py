@@ -17,7 +17,7 @@ from diffgen.errors import DiffgenError, OptionError  # noqa: E402
 from diffgen.schedule import Prediction  # noqa: E402
 from diffgen.unet import UNet, preset  # noqa: E402
 from diffgen.upscale import Sampling, upscale_image  # noqa: E402
-from diffgen.video import Codec, VideoError, is_video, output_name, output_suffix  # noqa: E402
+from diffgen.video import Codec, VideoError, is_partial, is_video, output_name, output_suffix  # noqa: E402
 from diffgen.video import job as video_job  # noqa: E402
 from diffgen.video.job import upscale_video  # noqa: E402
 from diffgen.video.streams import is_complete_video  # noqa: E402
@@ -288,7 +288,7 @@ def test_stop_keeps_a_playable_partial_and_resume_finishes_it(tmp_path, loaded):
     progress = []
     result = upscale(src, dst, loaded, segment_frames=2, keep_partial=True, stop=stop_after(5))
     assert result.stopped and result.dst is None and result.frames == 5 and not dst.exists()
-    assert result.partial == tmp_path / "clip_x4.partial.mp4"
+    assert result.partial == tmp_path / "clip_x4.partial.mp4" and is_partial(result.partial) and not is_partial(dst)
     assert len(frames(result.partial)) == 5  # the finished pieces and the stopped one
     end = 0.241  # of the fifth frame, at 171 ms for 70 ms
     assert packets(result.partial, "audio") == [p for p in packets(src, "audio") if p[0] < end]  # sound up to it

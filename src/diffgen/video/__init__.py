@@ -64,6 +64,19 @@ def output_name(src: Path, suffix: str) -> str:
     return f"{src.stem}{suffix}{output_suffix(src)}"
 
 
+def partial_name(dst: Path) -> Path:
+    """Where a stopped upscale keeps its frames so far, when asked: clip_x4.mp4 -> clip_x4.partial.mp4."""
+    return dst.with_name(f"{dst.stem}{PARTIAL}{dst.suffix}")
+
+
+PARTIAL = ".partial"
+
+
+def is_partial(path: Path) -> bool:
+    """A partial output (`partial_name`): a folder scan should not upscale it again."""
+    return Path(path).stem.endswith(PARTIAL)
+
+
 def is_video(path: Path) -> bool:
     """Whether diffgen upscales `path` as a video: by suffix, by the container's first bytes when the suffix is
     unknown, and GIF, WebP only when animated (more than one frame)."""

@@ -42,6 +42,7 @@ from diffgen.video import (
     Codec,
     VideoError,
     default_codec,
+    partial_name,
     require_av,
 )
 from diffgen.video.streams import (
@@ -324,7 +325,7 @@ def finish_partial(work: Work, src: Path, dst: Path, probe: Probe) -> Path | Non
     pieces = work.pieces() + ([work.pending] if work.pending.is_file() else [])
     if not pieces:
         return None
-    partial = dst.with_name(f"{dst.stem}.partial{dst.suffix}")
+    partial = partial_name(dst)
     with open_source(src) as source:
         matrix = source.display_matrix()
     with atomic_output(partial, overwrite=True) as tmp:
