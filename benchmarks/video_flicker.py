@@ -1,0 +1,124 @@
+"""Temporal stability of video upscaling: flicker of diffgen beside bicubic, and PSNR per frame.
+
+The clip pans a crop across a held-out photo (scikit-learn's china), one low-resolution pixel a frame
+(`--step`), so the true motion is known: frame t+1 is frame t moved left by one LR pixel (`scale` output
+pixels). Flicker
+is the mean absolute difference of luma (Y, 0-255) between consecutive frames after undoing that motion,
+inside a margin that keeps edge effects out. A perfectly stable upscaler has the flicker of the ground
+truth, 0; the clean input has 0 too. The second clip JPEG-compresses each LR frame (quality 50), as a
+streamed video would be: the blocks stay put while the picture moves, so the input itself flickers.
+
+Frames go through `video.job.upscale_frame`, the function `upscale_video` calls for each frame (same
+tiles, the same seed for every frame), without a video codec's own loss. Goal (issue 20): diffgen's
+flicker at most bicubic's + 10%, and PSNR above bicubic's on every frame.
+
+    python benchmarks/video_flicker.py                          # 24 frames of 256x192 at x4
+    python benchmarks/video_flicker.py --frames 6 --size 128 96 --json flicker.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+
+import numpy as np
+from PIL import Image
+
+from diffgen.checkpoint import Task, with_precision
+from diffgen.metrics import bicubic_upscale, rgb_to_y, score
+from diffgen.models import open_model
+from diffgen.upscale import Sampling
+from diffgen.video.job import upscale_frame
+
+MARGIN = 2  # LR pixels left out at each edge: bicubic and the tiles see past the crop there
+GOAL_FLICKER = 1.10  # diffgen's flicker at most this times bicubic's
+
+
+def china() -> Image.Image:
+    from sklearn.datasets import load_sample_image  # noqa: PLC0415 - only for the default picture
+
+    return Image.fromarray(load_sample_image("china.jpg"))
+
+
+def panning_clip(photo: Image.Image, size: tuple[int, int], frames: int, scale: int, jpeg: int | None, step: int):
+    """(LR frames, HR frames): crops moving right `step` LR pixels a frame; LR frames JPEG-compressed if asked."""
+    w, h = size
+    need = w + scale * step * frames
+    if need > photo.width or h > photo.height:
+        raise SystemExit(f"the photo is {photo.width}x{photo.height}; {frames} frames of {w}x{h} need {need}x{h}")
+    top = (photo.height - h) // 2 // scale * scale
+    lr_photo = photo.resize((photo.width // scale, photo.height // scale), Image.Resampling.BICUBIC)
+    hr, lr = [], []
+    for t in range(frames):
+        x = step * t
+        hr.append(photo.crop((scale * x, top, scale * x + w, top + h)))
+        crop = lr_photo.crop((x, top // scale, x + w // scale, (top + h) // scale))
+        lr.append(jpeg_round_trip(crop, jpeg) if jpeg else crop)
+    return lr, hr
+
+
+def jpeg_round_trip(img: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def flicker(frames: list[Image.Image], shift: int, margin: int) -> float:
+    """Mean |Y(t+1) - Y(t) moved back by `shift` pixels|, inside `margin` pixels of every edge."""
+    ys = [rgb_to_y(f) for f in frames]
+    diffs = [np.abs(b[margin:-margin, margin:-margin - shift] - a[margin:-margin, margin + shift:-margin]).mean()
+             for a, b in zip(ys, ys[1:])]
+    return float(np.mean(diffs))
+
+
+def measure(loaded, lr: list[Image.Image], hr: list[Image.Image], sampling: Sampling, step: int) -> dict:
+    s = loaded.spec.scale
+    ours = [Image.fromarray(upscale_frame(loaded, np.asarray(f), tile=None, sampling=sampling)) for f in lr]
+    bicubic = [bicubic_upscale(f, s) for f in lr]
+    psnr = {"diffgen": [score(o, h, s).psnr for o, h in zip(ours, hr)],
+            "bicubic": [score(b, h, s).psnr for b, h in zip(bicubic, hr)]}
+    hr_step = s * step
+    return {"flicker": {"input (LR)": flicker(lr, step, MARGIN), "ground truth (HR)": flicker(hr, hr_step, s * MARGIN),
+                        "bicubic": flicker(bicubic, hr_step, s * MARGIN), "diffgen": flicker(ours, hr_step, s * MARGIN)},
+            "psnr_per_frame": psnr,
+            "frames_above_bicubic": sum(d > b for d, b in zip(psnr["diffgen"], psnr["bicubic"]))}
+
+
+def report(name: str, row: dict, frames: int) -> None:
+    f = row["flicker"]
+    ratio = f["diffgen"] / f["bicubic"] if f["bicubic"] else float("inf")
+    print(f"{name}: flicker (mean |ΔY| after motion, grey levels) " +
+          ", ".join(f"{k} {v:.3f}" for k, v in f.items()) +
+          f"; diffgen/bicubic {ratio:.2f} (goal ≤ {GOAL_FLICKER:.2f})")
+    p = row["psnr_per_frame"]
+    print(f"{name}: PSNR on Y, mean diffgen {np.mean(p['diffgen']):.2f} dB, bicubic {np.mean(p['bicubic']):.2f} dB; "
+          f"diffgen above bicubic on {row['frames_above_bicubic']} of {frames} frames")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="upscaling model [default: upscale-x4]")
+    parser.add_argument("--frames", type=int, default=24)
+    parser.add_argument("--size", type=int, nargs=2, default=[256, 192], metavar=("WIDTH", "HEIGHT"),
+                        help="of the output (HR) frames, multiples of the scale")
+    parser.add_argument("--jpeg", type=int, default=50, help="JPEG quality of the compressed clip's LR frames")
+    parser.add_argument("--step", type=int, default=1, help="LR pixels the crop moves a frame")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    loaded = with_precision(open_model(args.model, Task.UPSCALE), args.precision)
+    photo = china()
+    rows = {}
+    for name, jpeg in (("clean", None), (f"jpeg q{args.jpeg}", args.jpeg)):
+        lr, hr = panning_clip(photo, tuple(args.size), args.frames, loaded.spec.scale, jpeg, args.step)
+        rows[name] = measure(loaded, lr, hr, Sampling(), args.step)
+        report(name, rows[name], args.frames)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"frames": args.frames, "size": args.size, "step": args.step, "precision": loaded.precision, **rows},
+                      f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
