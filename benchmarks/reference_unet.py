@@ -21,14 +21,18 @@ no counterpart in UNet2DModel and are not mapped.
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import replace
 
+import torch
 from diffusers import UNet2DModel
 from torch import nn
 
+from diffgen.checkpoint import bf16_is_fast
 from diffgen.unet import PRESETS, UNet, UNetConfig
 
 
@@ -82,6 +86,31 @@ def interleave(fns: dict[str, Callable[[], object]], rounds: int, *, warmup: int
             fns[name]()
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def cpu_model() -> str:
+    """The CPU's model name, its cores and whether it computes bf16 natively, for the head of a table."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    bf16 = "native bf16" if bf16_is_fast(torch.device("cpu")) else "no native bf16"
+    return f"{name}, {os.cpu_count()} logical cores, {bf16}"
+
+
+def synced(fn: Callable[[], object], device: str) -> Callable[[], object]:
+    """fn, waiting at the end for the GPU's queued work, so that a timer around it measures the work."""
+    if not device.startswith("cuda"):
+        return fn
+
+    def run():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+
+    return run
 
 
 def median_ratio(slow: list[float], fast: list[float]) -> float:

@@ -19,6 +19,10 @@ HERE = Path(__file__).parent
 JOBS = {
     "sampling": ["sampling_speed.py"],
     "training": ["train_throughput.py"],
+    "training_bf16": ["train_throughput.py", "--precision", "bf16"],
+    "unet_flops": ["unet_flops.py"],
+    "inference_levers": ["inference_levers.py"],
+    "upscale_vs_ncnn": ["upscale_vs_realesrgan.py", "--load"],
     # n = 2,000: at 500 the FD of one seed varies by ±0.3 between seeds, as much as the samplers differ.
     "digits": ["digits_quality.py", "--n", "2000", "--sampler", "ddim", "--steps", "50", "10"],
     "digits_fast": ["digits_quality.py", "--n", "2000", "--sampler", "unipc", "--steps", "5", "10", "15", "20"],

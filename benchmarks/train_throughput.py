@@ -3,9 +3,11 @@
 diffgen's side is its real code: a temporary folder of random 32x32 PNGs in 10 class folders is opened
 with `open_dataset`, and each timed step is `diffgen.train.train_step` (crops, flips, label dropout,
 Min-SNR-weighted ε loss, gradient clipping, AdamW) followed by `update_ema`, as one step of `train()`
-minus its logging and checkpoints. The reference is diffusers' UNet2DModel of the same architecture
+minus its logging and checkpoints, in `--precision` (fp32, diffgen's default on a CPU, or bf16:
+autocast, as `diffgen train --precision bf16`). The reference is diffusers' UNet2DModel of the same architecture
 (see reference_unet.py) trained by a plain PyTorch loop: the same decoded images in memory, the same
-batch size, AdamW, random timesteps of the same cosine schedule and an ε-prediction MSE loss.
+batch size, AdamW, random timesteps of the same cosine schedule and an ε-prediction MSE loss, at the
+same precision (its forward pass under the same bf16 autocast when --precision bf16).
 
 Both run in one process with the same torch thread count, one step of each in turn (AB BA AB ...), and
 the table reports medians and the paired ratio diffgen/diffusers (above 1.0 means diffgen is faster).
@@ -17,6 +19,7 @@ op waiting for a descheduled thread and timings swing by several times. On a qui
     pip install -e ".[bench]"
     python benchmarks/train_throughput.py            # tiny and small presets, 1 thread, about 2 minutes
     python benchmarks/train_throughput.py --steps 2 --presets tiny --json train.json
+    python benchmarks/train_throughput.py --precision bf16     # both sides under bf16 autocast
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from PIL import Image
-from reference_unet import diffusers_unet, interleave, median_ratio, num_params
+from reference_unet import cpu_model, diffusers_unet, interleave, median_ratio, num_params, synced
 
 from diffgen.batches import Batches
 from diffgen.config import TrainConfig
@@ -65,7 +68,7 @@ def diffgen_step(cfg: TrainConfig, data: Dataset, ema_seconds: list[float]) -> t
     """One step of diffgen's training loop, set up as `train()` does; EMA time goes to `ema_seconds`."""
     spec = build_spec(cfg, data)
     torch.manual_seed(cfg.seed)
-    model = UNet(spec.unet)
+    model = UNet(spec.unet).to(cfg.device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     batches = Batches(data, cfg, Ranks(), first_k=0)
@@ -83,21 +86,24 @@ def diffgen_step(cfg: TrainConfig, data: Dataset, ema_seconds: list[float]) -> t
     return run, model
 
 
-def diffusers_step(unet_cfg, images: torch.Tensor, labels: torch.Tensor, batch_size: int, lr: float):
+def diffusers_step(unet_cfg, images: torch.Tensor, labels: torch.Tensor, batch_size: int, lr: float, precision: str,
+                   device: str):
     """One step of a plain ε-prediction loop around diffusers' UNet2DModel, on images in memory."""
     torch.manual_seed(0)
-    model = diffusers_unet(unet_cfg, IMAGE_SIZE).train()
+    model = diffusers_unet(unet_cfg, IMAGE_SIZE).train().to(device)
+    images, labels = images.to(device), labels.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     g = torch.Generator().manual_seed(0)
 
     def run() -> None:
         idx = torch.randint(len(images), (batch_size,), generator=g)
-        x0, y = images[idx], labels[idx]
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=g)
-        pred = model(scheduler.add_noise(x0, noise, t), t, class_labels=y).sample
-        loss = F.mse_loss(pred, noise)
+        x0, y = images[idx.to(device)], labels[idx.to(device)]
+        noise = torch.randn(x0.shape, generator=g).to(device)
+        t = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=g).to(device)
+        with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            pred = model(scheduler.add_noise(x0, noise, t), t, class_labels=y).sample
+        loss = F.mse_loss(pred.float(), noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -105,16 +111,17 @@ def diffusers_step(unet_cfg, images: torch.Tensor, labels: torch.Tensor, batch_s
     return run, model
 
 
-def bench_preset(name: str, data_dir: Path, out_dir: Path, batch_size: int, steps: int, warmup: int) -> dict:
+def bench_preset(name: str, data_dir: Path, out_dir: Path, batch_size: int, steps: int, warmup: int,
+                 precision: str, device: str) -> dict:
     """Interleaved step times of both loops for one preset, summarised as images/s."""
     cfg = TrainConfig(data_dir=data_dir, out_dir=out_dir, preset=name, image_size=IMAGE_SIZE,
-                      batch_size=batch_size, workers=0, device="cpu")
+                      batch_size=batch_size, workers=0, device=device, precision=precision)
     data = open_dataset(data_dir, size=IMAGE_SIZE)  # small enough to decode into memory, as train() would
     ema_seconds: list[float] = []
     ours, ours_model = diffgen_step(cfg, data, ema_seconds)
     images = to_model_range(torch.stack(data.images))
-    ref, ref_model = diffusers_step(ours_model.cfg, images, data.labels, batch_size, cfg.lr)
-    times = interleave({"diffgen": ours, "diffusers": ref}, steps, warmup=warmup)
+    ref, ref_model = diffusers_step(ours_model.cfg, images, data.labels, batch_size, cfg.lr, precision, device)
+    times = interleave({"diffgen": synced(ours, device), "diffusers": synced(ref, device)}, steps, warmup=warmup)
     step_only = [t - e for t, e in zip(times["diffgen"], ema_seconds[warmup:])]
     return {
         "params": {"diffgen": num_params(ours_model), "diffusers": num_params(ref_model)},
@@ -138,9 +145,10 @@ def print_table(results: dict) -> None:
         print(f"{name:<7}{p['diffgen']:>11,} / {p['diffusers']:>8,}{ips['diffgen']:>15.2f}"
               f"{ips['diffgen_train_step_only']:>10.2f}{ips['diffusers']:>17.2f}{r['ratio']:>7.2f}x"
               f"{r['ratio_train_step_only']:>9.2f}x")
-    print(f"\nratio = median over rounds of diffusers step time / diffgen step time (goal >= 1.0x); "
+    print(f"\nratio = median over rounds of diffusers step time / diffgen step time (goal >= 1.5x, issue 19); "
           f"{results['threads']} torch thread(s), batch {results['batch_size']}, {IMAGE_SIZE}x{IMAGE_SIZE}, "
-          f"{NUM_CLASSES} classes, {results['steps']} timed steps each after {results['warmup']} warm-up")
+          f"{NUM_CLASSES} classes, {results['steps']} timed steps each after {results['warmup']} warm-up, "
+          f"both in {results['precision']}; {results['cpu']}")
 
 
 def main() -> None:
@@ -150,17 +158,22 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each loop first (default: 1)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per step (default: 32)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of both sides (default: 1)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="what both sides compute in (default: fp32, diffgen's default on a CPU)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = {"torch": torch.__version__, "diffusers": diffusers.__version__, "threads": args.threads,
-               "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "presets": {}}
+               "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "precision": args.precision, "device": args.device,
+               "cpu": cpu_model(), "presets": {}}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = make_image_folder(Path(tmp) / "data")
         for name in args.presets:
             out_dir = Path(tmp) / f"run-{name}"
-            results["presets"][name] = bench_preset(name, data_dir, out_dir, args.batch_size, args.steps, args.warmup)
+            results["presets"][name] = bench_preset(name, data_dir, out_dir, args.batch_size, args.steps, args.warmup,
+                                                    args.precision, args.device)
     results["wall_s"] = time.perf_counter() - start
     print_table(results)
     print(f"total {results['wall_s']:.0f} s")

@@ -98,6 +98,24 @@ def test_bfloat16_sampling_stays_close_to_float32(tmp_path):
     assert (approx - exact).abs().max() < 0.05 * exact.abs().max()
 
 
+def test_the_bfloat16_copy_leaves_the_float32_model_as_it_was(tmp_path):
+    """in_bfloat16 casts a copy of the weights once (and to channels-last): the float32 network, which
+    training and `--precision fp32` use, keeps its dtype, layout and outputs bit for bit."""
+    from diffgen.checkpoint import in_bfloat16
+
+    model, spec = make_model()
+    save_model(tmp_path / "m.safetensors", model, spec)
+    loaded = load_model(tmp_path / "m.safetensors")
+    x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([3, 900]), torch.tensor([0, 1])
+    with torch.no_grad():
+        before = loaded.model(x, t, y)
+        fast = in_bfloat16(loaded)
+        after = loaded.model(x, t, y)
+    assert torch.equal(before, after)
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in loaded.model.parameters())
+    assert {p.dtype for p in fast.model.parameters()} == {torch.bfloat16}
+
+
 def test_precision_auto_uses_bf16_only_where_the_cpu_is_fast_at_it(tmp_path, monkeypatch):
     import diffgen.checkpoint as ckpt
 

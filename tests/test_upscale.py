@@ -83,6 +83,20 @@ def test_tiled_and_untiled_agree_and_show_no_seams(model_file):
         assert profile.max() < 4 * np.median(profile)
 
 
+def test_upscaling_in_bfloat16_stays_within_a_few_grey_levels_of_float32(model_file):
+    """The bf16 path (weights cast once, channels-last) against the float32 reference, with tiles and two
+    views: within 2 grey levels of 255 everywhere, 0.3 RMS (measured: 1 and 0.15)."""
+    from diffgen.checkpoint import in_bfloat16
+
+    loaded = load_model(model_file)
+    lr = to_model_range(pil_to_tensor(smooth_image(40, 24)))
+    sampling = Sampling(samples=2)
+    exact = upscale_tiled(loaded, lr, tile=24, sampling=sampling).astype(float)
+    fast = upscale_tiled(in_bfloat16(loaded), lr, tile=24, sampling=sampling).astype(float)
+    assert not np.array_equal(exact, fast)
+    assert np.abs(fast - exact).max() <= 2 and np.sqrt(((fast - exact) ** 2).mean()) <= 0.3
+
+
 def test_averaging_all_eight_views_makes_even_a_lopsided_model_equivariant(model_file, monkeypatch):
     """Samples are upscales of flipped and turned inputs, turned back before they are averaged.
 

@@ -7,6 +7,7 @@ atomically (temporary file, fsync, rename) and read with safetensors only: no pi
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shlex
@@ -221,25 +222,30 @@ class LoadedModel:
     spec: ModelSpec
     model: torch.nn.Module  # the UNet, or a wrapper with the same call signature (see `in_bfloat16`)
     path: Path
-    precision: str = "fp32"  # what sampling computes in: fp32, or bf16 (autocast)
+    precision: str = "fp32"  # what sampling computes in: fp32, or bf16 (weights and activations)
 
 
-class BFloat16Autocast(torch.nn.Module):
-    """Run a model under bfloat16 autocast and return float32: about 1.7x faster on CPUs with bf16 support."""
+class BFloat16Model(torch.nn.Module):
+    """A bfloat16 copy of a model, in channels-last memory format, that takes and returns float32.
+
+    The weights are cast once, not by autocast on every call, and kept in channels-last, the layout oneDNN's
+    bf16 convolutions work in (no reorders between layers): 1.13x faster than autocast of the float32
+    network for an upscaler tile (channels-last alone 1.07x, the cast alone 0.98x), measured on a loaded
+    2-core AMD EPYC (`benchmarks/inference_levers.py`). The model it was made from is left as it was.
+    """
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
-        self.inner = model
+        self.inner = copy.deepcopy(model).to(torch.bfloat16, memory_format=torch.channels_last)
 
-    def forward(self, *args: Tensor | None) -> Tensor:
-        device = next(self.inner.parameters()).device
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            return self.inner(*args).float()
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
+        as_bf16 = lambda image: None if image is None else image.to(torch.bfloat16, memory_format=torch.channels_last)
+        return self.inner(as_bf16(x), t, labels, as_bf16(cond)).float()
 
 
 def in_bfloat16(loaded: LoadedModel) -> LoadedModel:
     """The same model, sampling in bfloat16 (outputs differ from float32 by about 1%)."""
-    return replace(loaded, model=BFloat16Autocast(loaded.model), precision="bf16")
+    return replace(loaded, model=BFloat16Model(loaded.model), precision="bf16")
 
 
 def bf16_is_fast(device: torch.device) -> bool:

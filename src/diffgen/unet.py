@@ -188,7 +188,8 @@ class UNet(nn.Module):
 
     def embed(self, t: Tensor, labels: Tensor | None) -> Tensor:
         """The conditioning vector of each sample: timestep plus class label."""
-        emb = self.time_mlp(timestep_embedding(t, self.cfg.base_channels))
+        first = self.time_mlp[0].weight  # float32, or bfloat16 in a network cast once (`checkpoint.in_bfloat16`)
+        emb = self.time_mlp(timestep_embedding(t, self.cfg.base_channels).to(first.dtype))
         if self.label_emb is not None:
             if labels is None:
                 labels = torch.full_like(t, self.cfg.num_classes)
