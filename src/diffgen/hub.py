@@ -113,19 +113,24 @@ def hub_model_file(repo_id: str, revision: str | None = None) -> Path:
         )
     except (EntryNotFoundError, HfHubHTTPError, *connection_errors()) as e:
         raise download_error(e, repo_id, revision) from None
-    except (OSError, UnicodeDecodeError) as e:  # a full or read-only cache, or a damaged one
-        from huggingface_hub import constants
-
-        folder = (hub_cache() or Path(constants.HF_HUB_CACHE)) / ("models--" + repo_id.replace("/", "--"))
-        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
-            raise CheckpointError(f"{repo_id}: no space left in the Hugging Face cache ({folder.parent}); free some "
-                                  "space or point HF_HOME at a bigger disk") from None
-        if getattr(e, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise CheckpointError(f"{repo_id}: cannot write the Hugging Face cache ({folder.parent}: "
-                                  f"{e.strerror}); check its permissions or point HF_HOME elsewhere") from None
-        raise CheckpointError(f"{repo_id}: its entry in the Hugging Face cache is damaged ({first_line(e)}); "
-                              f"delete {folder} and run again to download it afresh") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise cache_error(e, repo_id) from None
     return Path(path)
+
+
+def cache_error(e: OSError | UnicodeDecodeError, repo_id: str) -> CheckpointError:
+    """What a failed read or write of the Hub cache means: a full or read-only cache, or a damaged one."""
+    from huggingface_hub import constants
+
+    folder = (hub_cache() or Path(constants.HF_HUB_CACHE)) / ("models--" + repo_id.replace("/", "--"))
+    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return CheckpointError(f"{repo_id}: no space left in the Hugging Face cache ({folder.parent}); free some "
+                               "space or point HF_HOME at a bigger disk")
+    if getattr(e, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return CheckpointError(f"{repo_id}: cannot write the Hugging Face cache ({folder.parent}: "
+                               f"{e.strerror}); check its permissions or point HF_HOME elsewhere")
+    return CheckpointError(f"{repo_id}: its entry in the Hugging Face cache is damaged ({first_line(e)}); "
+                           f"delete {folder} and run again to download it afresh")
 
 
 def download_error(e: Exception, repo_id: str, revision: str | None) -> CheckpointError:
@@ -477,9 +482,14 @@ def origin(path: Path) -> dict[str, str]:
 def describe(path_or_loaded: Path | LoadedModel) -> dict:
     """What `diffgen info` shows: what a model does, how it was made, where it came from, how to use it.
 
-    Takes a model file, a run folder or a loaded model.
+    Takes a model file, a run folder, a diffusers pipeline or a loaded model.
     """
-    path = model_file(path_or_loaded.path if isinstance(path_or_loaded, LoadedModel) else path_or_loaded)
+    from diffgen import diffusers_models  # it imports this module
+
+    path = path_or_loaded.path if isinstance(path_or_loaded, LoadedModel) else path_or_loaded
+    if diffusers_models.pipeline_root(path) is not None:
+        return diffusers_models.describe(path)
+    path = model_file(path)
     spec, metadata, params = read_model_file(path)
     source = origin(path)
     shown = ("data", "command", "metrics")
@@ -499,6 +509,10 @@ def describe(path_or_loaded: Path | LoadedModel) -> dict:
 def overview(info: dict) -> list[tuple[str, str]]:
     """`diffgen info`'s summary of `describe`'s record: what the model does, how to use it, where it came
     from and how it was trained."""
+    if info.get("kind") == "diffusers":
+        from diffgen import diffusers_models
+
+        return diffusers_models.overview(info)
     config = info["config"]
     rows = [("what it does", info["summary"])]
     if info["classes"]:

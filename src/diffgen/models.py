@@ -1,4 +1,5 @@
-"""Finding a model: a bundled name, a `.safetensors` file, a training run folder or a Hub repo id."""
+"""Finding a model: a bundled name, a `.safetensors` file, a training run folder, a Hub repo id or a diffusers
+pipeline (a folder or repo with model_index.json, see diffusers_models.py)."""
 
 from __future__ import annotations
 
@@ -35,11 +36,14 @@ def resolve(model: str | None, task: Task, option: str = "--model") -> Path:
         return path
     # Hub repo ids (`user/name[@revision]`, not an existing local path) are fetched by hub.py, imported
     # here because hub.py imports this module.
-    from diffgen import hub
+    from diffgen import diffusers_models, hub
 
     if hub.is_repo_id(model):
-        return hub.hub_model_file(*hub.parse_repo(model))
+        repo_id, revision = hub.parse_repo(model)
+        return diffusers_models.hub_pipeline(repo_id, revision) or hub.hub_model_file(repo_id, revision)
     path = Path(model)
+    if (pipeline := diffusers_models.pipeline_root(path)) is not None:
+        return diffusers_models.weights_of(pipeline)  # a diffusers pipeline is named by its UNet's weights
     if path.is_dir():
         path = path / "model.safetensors"
     if not path.exists():
@@ -48,10 +52,16 @@ def resolve(model: str | None, task: Task, option: str = "--model") -> Path:
     return path
 
 
-def open_model(model: str | None, task: Task, device: str = "cpu") -> LoadedModel:
-    """Load the model a `--model` value names; a model for another task is named as the user named it."""
+def open_model(model: str | None, task: Task | None, device: str = "cpu") -> LoadedModel:
+    """Load the model a `--model` value names (None: the task's default); a model for another task is named as
+    the user named it. Without a task, a model of either task loads."""
+    from diffgen import diffusers_models
+
     model = model or default_model(task)
-    return load_model(resolve(model, task), task=task, device=device, name=model)
+    path = resolve(model, task)
+    if diffusers_models.pipeline_root(path) is not None:
+        return diffusers_models.load_pipeline(path, task=task, device=device, name=model)
+    return load_model(path, task=task, device=device, name=model)
 
 
 def bundled_models() -> list[tuple[str, Path]]:
