@@ -114,6 +114,10 @@ def test_generate_command_runs_unipc_over_a_pipeline(pipeline, tmp_path):
         remake, weights = img.text["remake"], img.text["sha256"]
     assert weights == hashlib.sha256((pipeline / diffusers_models.UNET_WEIGHTS).read_bytes()).hexdigest()[:12]
     # The remake command names the pipeline by its UNet's weights file, which loads the whole pipeline again.
+    from diffgen import generate
+
+    api = generate(2, str(pipeline), sampler="unipc", steps=STEPS, device="cpu")  # the API gives the same pixels
+    assert np.array_equal(np.asarray(api[1]), np.asarray(Image.open(tmp_path / "o" / "00001.png")))
     model = remake.split("--model ")[1].split()[0]
     assert resolve(model, Task.GENERATE) == pipeline / diffusers_models.UNET_WEIGHTS
     assert open_model(model, Task.GENERATE).spec == open_model(str(pipeline), Task.GENERATE).spec
@@ -147,6 +151,9 @@ BAD_SETTINGS = [
     (diffusers_models.PIPELINE_FILE, {"vqvae": ["diffusers", "VQModel"]}, "with a \"vqvae\""),
     (diffusers_models.PIPELINE_FILE, {"unet": ["diffusers", "UNet2DConditionModel"]}, "UNet2DModel only"),
     (diffusers_models.PIPELINE_FILE, {"scheduler": ["diffusers", "ScoreSdeVeScheduler"]}, "DDPM-family schedulers"),
+    (diffusers_models.PIPELINE_FILE, {"scheduler": ["diffusers", ["a list"]]}, "DDPM-family schedulers"),
+    (diffusers_models.SCHEDULER_CONFIG, {"prediction_type": ["epsilon"]}, "prediction_type [\"epsilon\"]"),
+    (diffusers_models.UNET_CONFIG, {"down_block_types": 7}, "diffusers cannot build"),
 ]
 
 
@@ -156,6 +163,12 @@ def test_unsupported_settings_are_one_clear_line(pipeline, file, change, message
     with pytest.raises(CheckpointError, match=message.replace("[", r"\[").replace("]", r"\]")) as caught:
         open_model(str(pipeline), Task.GENERATE)
     assert "\n" not in str(caught.value)
+
+
+def test_a_unet_that_builds_but_cannot_run_is_one_line(pipeline, tmp_path):
+    edit_json(pipeline / diffusers_models.UNET_CONFIG, freq_shift=None)  # built, then fails on its first input
+    r = invoke("generate", "--model", pipeline, "--n", 1, "--steps", 1, "--out", tmp_path / "o")
+    assert r.exit_code == 1 and "does not work" in r.output and "internal error" not in r.output, r.output
 
 
 def test_pickled_weights_are_refused_unopened(pipeline, tmp_path):

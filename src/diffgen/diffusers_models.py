@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,7 +218,7 @@ def check_index(path: Path, index: dict) -> None:
     if not (isinstance(unet, list) and unet[-1:] == ["UNet2DModel"]):
         raise CheckpointError(f"{path}: a {shown(pipeline)} whose unet is {shown(unet)}; diffgen runs unconditional "
                               "pipelines of a UNet2DModel only")
-    if not (isinstance(scheduler, list) and scheduler[-1:] and scheduler[-1] in SCHEDULERS):
+    if not (isinstance(scheduler, list) and scheduler[-1:] and str(scheduler[-1]) in SCHEDULERS):
         raise CheckpointError(f"{path}: scheduler {shown(scheduler)}; diffgen reads the β schedule of "
                               "DDPM-family schedulers only (DDPMScheduler, DDIMScheduler, ...)")
     for name, value in index.items():
@@ -231,7 +232,7 @@ def schedule_fields(config: dict) -> dict:
     T = config.get("num_train_timesteps", 1000)
     check_whole("scheduler num_train_timesteps", T, *LIMITS["num_timesteps"])
     prediction = config.get("prediction_type", "epsilon")
-    if prediction not in PREDICTIONS:
+    if not isinstance(prediction, str) or prediction not in PREDICTIONS:
         raise ValueError(f"scheduler prediction_type {shown(prediction)}: diffgen supports {', '.join(PREDICTIONS)}")
     for key in ("rescale_betas_zero_snr", "use_karras_sigmas"):
         if config.get(key):
@@ -289,7 +290,8 @@ def unet_shape(config: dict) -> tuple[int, int, UNetConfig]:
                          ("time_embedding_type", TIME_EMBEDDINGS)):
         if config.get(key) not in allowed:
             raise ValueError(f"{key} {shown(config.get(key))}: diffgen runs unconditional UNets of the timestep index only")
-    attention = tuple(i for i, kind in enumerate(config.get("down_block_types") or ()) if "Attn" in str(kind))
+    kinds = config.get("down_block_types")
+    attention = tuple(i for i, kind in enumerate(kinds if isinstance(kinds, (list, tuple)) else ()) if "Attn" in str(kind))
     approx = UNetConfig(in_channels=channels, base_channels=widths[0], channel_mults=tuple(-(-w // widths[0]) for w in widths),
                         num_res_blocks=layers, attention_levels=attention, norm_groups=1, head_channels=widths[0])
     return size, channels, approx
@@ -307,7 +309,13 @@ class DiffusersUNet(nn.Module):
         self.unet, self.channels = unet, channels
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
-        return self.unet(x, t, return_dict=False)[0][:, : self.channels]
+        try:
+            return self.unet(x, t, return_dict=False)[0][:, : self.channels]
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # a config diffusers built but cannot run: our inputs are well-formed
+            raise CheckpointError(f"the pipeline's UNet2DModel fails on a {tuple(x.shape)} batch ({hub.first_line(e)}); "
+                                  "its unet/config.json does not work in this diffusers; use another model") from None
 
 
 def import_diffusers(name: str):
@@ -322,11 +330,13 @@ def import_diffusers(name: str):
 
 @contextmanager
 def quiet(logging):
-    """diffusers' warnings silenced (the core never prints), its verbosity restored after."""
+    """diffusers' log warnings and Python's warnings silenced while it builds (the core never prints)."""
     before = logging.get_verbosity()
     logging.set_verbosity_error()
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
         logging.set_verbosity(before)
 
