@@ -105,6 +105,15 @@ def test_schedules_are_diffusers_own(kind, extra):
     assert trained["beta_schedule"] == "trained" and len(trained["trained_betas"]) == 500
 
 
+def test_sampling_settings_of_the_scheduler_are_not_the_models(pipeline):
+    """Karras sigmas are a setting of diffusers' sampler; a cosine schedule has no β range to check."""
+    edit_json(pipeline / diffusers_models.SCHEDULER_CONFIG, beta_schedule="squaredcos_cap_v2", beta_start="unused",
+              use_karras_sigmas=True, timestep_spacing="leading", clip_sample=False)
+    assert open_model(str(pipeline), Task.GENERATE).spec.beta_schedule == "squaredcos_cap_v2"
+    record = hub.describe(pipeline)
+    assert "beta_start" not in record["config"] and ", β" not in dict(hub.overview(record))["schedule"]
+
+
 def test_generate_command_runs_unipc_over_a_pipeline(pipeline, tmp_path):
     r = invoke("generate", "--model", pipeline, "--sampler", "unipc", "--steps", STEPS, "--n", 2, "--out", tmp_path / "o",
                "--device", "cpu")
@@ -143,6 +152,9 @@ BAD_SETTINGS = [
     (diffusers_models.SCHEDULER_CONFIG, {"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr true: not supported"),
     (diffusers_models.SCHEDULER_CONFIG, {"num_train_timesteps": 10**9}, "num_train_timesteps 1000000000"),
     (diffusers_models.SCHEDULER_CONFIG, {"beta_start": 0.5, "beta_end": 0.1}, "need 0 < beta_start <= beta_end < 1"),
+    (diffusers_models.SCHEDULER_CONFIG, {"beta_schedule": "scaled_linear", "beta_start": 0.9, "beta_end": 0.99},
+     "ᾱ reaches 0"),
+    (diffusers_models.SCHEDULER_CONFIG, {"trained_betas": [0.5] * 999}, "trained_betas: need 1000 numbers"),
     (diffusers_models.UNET_CONFIG, {"num_class_embeds": 10}, "num_class_embeds 10: diffgen runs unconditional"),
     (diffusers_models.UNET_CONFIG, {"sample_size": [8, 16]}, "sample_size [8, 16]"),
     (diffusers_models.UNET_CONFIG, {"block_out_channels": [8, 10**6]}, "block_out_channels 1000000"),

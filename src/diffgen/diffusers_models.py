@@ -228,31 +228,42 @@ def check_index(path: Path, index: dict) -> None:
 
 
 def schedule_fields(config: dict) -> dict:
-    """The spec's schedule fields from a scheduler config; ValueError("scheduler KEY ...") for what diffgen lacks."""
+    """The spec's schedule fields from a scheduler config; ValueError("scheduler KEY ...") for what diffgen lacks.
+
+    Only what defines the model's diffusion is read: the scheduler's sampling settings (spacing, Karras
+    sigmas, clipping, ...) are its own sampler's, which diffgen's replace."""
     T = config.get("num_train_timesteps", 1000)
     check_whole("scheduler num_train_timesteps", T, *LIMITS["num_timesteps"])
     prediction = config.get("prediction_type", "epsilon")
     if not isinstance(prediction, str) or prediction not in PREDICTIONS:
         raise ValueError(f"scheduler prediction_type {shown(prediction)}: diffgen supports {', '.join(PREDICTIONS)}")
-    for key in ("rescale_betas_zero_snr", "use_karras_sigmas"):
-        if config.get(key):
-            raise ValueError(f"scheduler {key} true: not supported (diffgen's schedules keep ᾱ above 0)")
-    fields = {"num_timesteps": T, "prediction": PREDICTIONS[prediction]}
+    if config.get("rescale_betas_zero_snr"):
+        raise ValueError("scheduler rescale_betas_zero_snr true: not supported (diffgen's schedules keep ᾱ above 0)")
+    fields = {"num_timesteps": T, "prediction": PREDICTIONS[prediction]} | beta_fields(config, T)
+    schedule = pipeline_schedule(fields["beta_schedule"], T, fields.get("beta_start", 0), fields.get("beta_end", 0),
+                                 fields.get("trained_betas", ()))
+    if not schedule.alphas_cumprod[-1] > torch.finfo(torch.float32).tiny:  # samplers compute in float32
+        raise ValueError(f"scheduler beta_schedule {fields['beta_schedule']} with these betas: ᾱ reaches 0, which "
+                         "diffgen's samplers cannot use")
+    return fields
+
+
+def beta_fields(config: dict, T: int) -> dict:
+    """The β schedule: a trained list, or a named schedule (with its range, for the linear ones)."""
     trained = config.get("trained_betas")
     if trained is not None:
         if not (isinstance(trained, list) and len(trained) == T and all(is_beta(b) for b in trained)):
             raise ValueError(f"scheduler trained_betas: need {T} numbers in (0, 1)")
-        return fields | {"beta_schedule": "trained", "trained_betas": tuple(float(b) for b in trained)}
+        return {"beta_schedule": "trained", "trained_betas": tuple(float(b) for b in trained)}
     kind = config.get("beta_schedule", "linear")
     if kind not in BETA_SCHEDULES:
         raise ValueError(f"scheduler beta_schedule {shown(kind)}: diffgen supports {', '.join(BETA_SCHEDULES)}")
+    if kind == "squaredcos_cap_v2":
+        return {"beta_schedule": kind}  # no range: beta_start and beta_end are not used
     start, end = config.get("beta_start", 1e-4), config.get("beta_end", 0.02)
-    if kind != "squaredcos_cap_v2" and not (is_beta(start) and is_beta(end) and start <= end):
+    if not (is_beta(start) and is_beta(end) and start <= end):
         raise ValueError(f"scheduler beta_start {shown(start)}, beta_end {shown(end)}: need 0 < beta_start <= beta_end < 1")
-    fields |= {"beta_schedule": kind, "beta_start": float(start), "beta_end": float(end)}
-    if not pipeline_schedule(kind, T, start, end).alphas_cumprod[-1] > 0:
-        raise ValueError(f"scheduler beta_schedule {kind} with these betas: ᾱ reaches 0, which diffgen's samplers cannot use")
-    return fields
+    return {"beta_schedule": kind, "beta_start": float(start), "beta_end": float(end)}
 
 
 def is_beta(value) -> bool:
@@ -414,7 +425,7 @@ def describe(path: Path) -> dict:
         "task": spec.task.value, "image_size": spec.image_size, "channels": spec.channels, "classes": [],
         "parameters": parameter_count(weights), "pipeline": info["pipeline"], "scheduler": info["scheduler"],
         "diffusers_version": info["version"],
-        "config": {"beta_schedule": spec.beta_schedule, "beta_start": spec.beta_start, "beta_end": spec.beta_end,
+        "config": {"beta_schedule": spec.beta_schedule, **linear_range(spec),
                    "num_timesteps": spec.num_timesteps, "prediction": spec.prediction.value,
                    "prediction_type": info["prediction_type"], "unet": unet},
         "usage": hub.usage(spec, model),
@@ -423,11 +434,16 @@ def describe(path: Path) -> dict:
     }
 
 
+def linear_range(spec: DiffusersSpec) -> dict:
+    """beta_start and beta_end where the schedule has them (the linear ones)."""
+    linear = spec.beta_schedule in ("linear", "scaled_linear")
+    return {"beta_start": spec.beta_start, "beta_end": spec.beta_end} if linear else {}
+
+
 def overview(info: dict) -> list[tuple[str, str]]:
     """`diffgen info`'s summary of `describe`'s record."""
     config, unet = info["config"], info["config"]["unet"]
-    betas = "" if config["beta_schedule"] in ("squaredcos_cap_v2", "trained") else \
-        f", β {config['beta_start']:g} to {config['beta_end']:g}"
+    betas = f", β {config['beta_start']:g} to {config['beta_end']:g}" if "beta_start" in config else ""
     source = hub.source_text(info) if info["source"] == "hub" else "a local folder"
     widths = "-".join(map(str, unet["block_out_channels"]))
     return [
