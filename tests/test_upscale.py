@@ -1,13 +1,14 @@
 """Upscaling: tiling without seams, and every kind of image file in and out."""
 
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageCms, PngImagePlugin
 from typer.testing import CliRunner
 
-import diffgen.upscale
 from diffgen.checkpoint import ModelSpec, Task, load_model, save_model
 from diffgen.cli import app
 from diffgen.images import pil_to_tensor, to_model_range
@@ -109,7 +110,7 @@ def test_averaging_all_eight_views_makes_even_a_lopsided_model_equivariant(model
         across, down = torch.linspace(-0.02, 0.02, 4 * w), torch.linspace(0, 0.01, 4 * h)
         return (across[None, :] + down[:, None]).expand(len(lr), lr.shape[1], -1, -1)
 
-    monkeypatch.setattr(diffgen.upscale, "sample_residual", lopsided)
+    monkeypatch.setattr(importlib.import_module("diffgen.upscale"), "sample_residual", lopsided)
     loaded = load_model(model_file)
     lr = to_model_range(pil_to_tensor(smooth_image(24, 16)))[None]
     up = lambda x, n: upscale_tensor(loaded, x, Sampling(samples=n))

@@ -1,6 +1,7 @@
 """Where upscaled files go and what they hold: folder trees, formats, metadata, interruptions, memory."""
 
 import errno
+import importlib
 import os
 import signal
 import struct
@@ -11,9 +12,9 @@ import pytest
 from PIL import Image, ImageCms
 
 import diffgen.files
-import diffgen.upscale
 from test_upscale import invoke, model_file, smooth_image  # noqa: F401 - model_file is a fixture
 
+upscale_module = importlib.import_module("diffgen.upscale")  # diffgen.upscale is the API's function (see diffgen/__init__.py)
 FAST = ("--steps", 1, "--samples", 1)
 
 
@@ -340,7 +341,7 @@ def test_an_image_too_big_for_memory_is_refused_and_the_batch_goes_on(model_file
     needs = [estimate_memory(n, n, scale=4, tile=None, deep=False, alpha=False, base_channels=32, on_cpu=True)
              for n in (8, 64)]
     monkeypatch.setenv("DIFFGEN_MEMORY_GB", str((needs[0] + needs[1]) / 2e9))
-    monkeypatch.setattr(diffgen.upscale, "open_image", refuse_to_decode(diffgen.upscale.open_image, "b.png"))
+    monkeypatch.setattr(upscale_module, "open_image", refuse_to_decode(upscale_module.open_image, "b.png"))
     r = upscale(tmp_path / "a.png", tmp_path / "b.png", "--model", model_file)
     assert r.exit_code == 1, r.output
     assert "b.png: upscaling 64x64 at x4 needs about" in r.output and "DIFFGEN_MEMORY_GB" in r.output
@@ -390,7 +391,7 @@ def test_file_names_with_control_characters_are_printed_escaped(model_file, tmp_
 def test_an_existing_output_is_refused_before_the_work_with_both_ways_on(model_file, tmp_path, monkeypatch):
     smooth_image(8, 8).save(tmp_path / "a.png")
     assert upscale(tmp_path / "a.png", "--model", model_file).exit_code == 0
-    monkeypatch.setattr(diffgen.upscale, "upscale_file", lambda *a, **k: pytest.fail("upscaled before refusing"))
+    monkeypatch.setattr(upscale_module, "upscale_file", lambda *a, **k: pytest.fail("upscaled before refusing"))
     r = upscale(tmp_path / "a.png", "--model", model_file)
     assert r.exit_code == 1 and "--skip-existing" in r.output and "--overwrite" in r.output
 

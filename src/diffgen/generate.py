@@ -155,7 +155,7 @@ class Recipe:
     image i alone, pixel for pixel on the same kind of device."""
 
     model: str  # a --model value naming exactly this file: bundled name, Hub repo at its commit, or path
-    identity: dict[str, str]  # what PNGs record about the model (see hub.model_identity)
+    identity: dict[str, str]  # what PNGs record about the model (see provenance.model_identity)
     class_names: tuple[str, ...]  # the model's
     seed: int = 0
     steps: int = 10

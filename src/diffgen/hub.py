@@ -111,19 +111,24 @@ def hub_model_file(repo_id: str, revision: str | None = None) -> Path:
         )
     except (EntryNotFoundError, HfHubHTTPError, *connection_errors()) as e:
         raise download_error(e, repo_id, revision) from None
-    except (OSError, UnicodeDecodeError) as e:  # a full or read-only cache, or a damaged one
-        from huggingface_hub import constants
-
-        folder = (hub_cache() or Path(constants.HF_HUB_CACHE)) / ("models--" + repo_id.replace("/", "--"))
-        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
-            raise CheckpointError(f"{repo_id}: no space left in the Hugging Face cache ({folder.parent}); free some "
-                                  "space or point HF_HOME at a bigger disk") from None
-        if getattr(e, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise CheckpointError(f"{repo_id}: cannot write the Hugging Face cache ({folder.parent}: "
-                                  f"{e.strerror}); check its permissions or point HF_HOME elsewhere") from None
-        raise CheckpointError(f"{repo_id}: its entry in the Hugging Face cache is damaged ({first_line(e)}); "
-                              f"delete {folder} and run again to download it afresh") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise cache_error(e, repo_id) from None
     return Path(path)
+
+
+def cache_error(e: OSError | UnicodeDecodeError, repo_id: str) -> CheckpointError:
+    """What a failed read or write of the Hub cache means: a full or read-only cache, or a damaged one."""
+    from huggingface_hub import constants
+
+    folder = (hub_cache() or Path(constants.HF_HUB_CACHE)) / ("models--" + repo_id.replace("/", "--"))
+    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return CheckpointError(f"{repo_id}: no space left in the Hugging Face cache ({folder.parent}); free some "
+                               "space or point HF_HOME at a bigger disk")
+    if getattr(e, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return CheckpointError(f"{repo_id}: cannot write the Hugging Face cache ({folder.parent}: "
+                               f"{e.strerror}); check its permissions or point HF_HOME elsewhere")
+    return CheckpointError(f"{repo_id}: its entry in the Hugging Face cache is damaged ({first_line(e)}); "
+                           f"delete {folder} and run again to download it afresh")
 
 
 def download_error(e: Exception, repo_id: str, revision: str | None) -> CheckpointError:

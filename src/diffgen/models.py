@@ -1,10 +1,13 @@
-"""Finding a model: a bundled name, a `.safetensors` file, a training run folder or a Hub repo id."""
+"""Finding a model: a bundled name, a `.safetensors` file, a training run folder, a Hub repo id or a diffusers
+pipeline (a folder or repo with model_index.json, see diffusers_models/)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from diffgen import diffusers_models
 from diffgen.checkpoint import LoadedModel, Task, load_model
+from diffgen.diffusers_models.network import load_pipeline
 from diffgen.errors import CheckpointError
 from diffgen.hub import hub_model_file, is_repo_id, parse_repo
 from diffgen.runs import find_model
@@ -36,14 +39,22 @@ def resolve(model: str | None, task: Task, option: str = "--model") -> Path:
             raise CheckpointError(f"{path}: the bundled model '{model}' is missing; reinstall diffgen or pass {option} PATH")
         return path
     if is_repo_id(model):  # `user/name[@revision]` that is not a local path
-        return hub_model_file(*parse_repo(model))
-    return find_model(model, also=f", a Hub repo id (user/name) or one of: {', '.join(BUNDLED)}")
+        repo_id, revision = parse_repo(model)
+        return diffusers_models.hub_pipeline(repo_id, revision) or hub_model_file(repo_id, revision)
+    if (pipeline := diffusers_models.pipeline_root(Path(model))) is not None:
+        return diffusers_models.weights_of(pipeline)  # a diffusers pipeline is named by its UNet's weights
+    also = f", a diffusers pipeline folder, a Hub repo id (user/name) or one of: {', '.join(BUNDLED)}"
+    return find_model(model, also=also)
 
 
-def open_model(model: str | None, task: Task, device: str = "cpu") -> LoadedModel:
-    """Load the model a `--model` value names; a model for another task is named as the user named it."""
+def open_model(model: str | None, task: Task | None, device: str = "cpu") -> LoadedModel:
+    """Load the model a `--model` value names (None: the task's default); a model for another task is named as
+    the user named it. Without a task, a model of either task loads."""
     model = model or default_model(task)
-    return load_model(resolve(model, task), task=task, device=device, name=model)
+    path = resolve(model, task)
+    if diffusers_models.pipeline_root(path) is not None:
+        return load_pipeline(path, task=task, device=device, name=model)
+    return load_model(path, task=task, device=device, name=model)
 
 
 def bundled_models() -> list[tuple[str, Path]]:

@@ -12,9 +12,10 @@ import json
 import shlex
 from pathlib import Path
 
-from diffgen import models  # by module: tests point models.weights_dir elsewhere
+from diffgen import diffusers_models, models  # models by module: tests point models.weights_dir elsewhere
 from diffgen.checkpoint import LoadedModel
-from diffgen.hub import read_model_file, summary, usage
+from diffgen.diffusers_models import spec as diffusers_spec
+from diffgen.hub import COLOURS, read_model_file, summary, usage
 from diffgen.runs import find_model
 
 
@@ -85,9 +86,12 @@ def origin(path: Path) -> dict[str, str]:
 def describe(path_or_loaded: Path | LoadedModel) -> dict:
     """What `diffgen info` shows: what a model does, how it was made, where it came from, how to use it.
 
-    Takes a model file, a run folder or a loaded model.
+    Takes a model file, a run folder, a diffusers pipeline or a loaded model.
     """
-    path = find_model(path_or_loaded.path if isinstance(path_or_loaded, LoadedModel) else path_or_loaded)
+    path = path_or_loaded.path if isinstance(path_or_loaded, LoadedModel) else path_or_loaded
+    if diffusers_models.pipeline_root(path) is not None:
+        return describe_pipeline(path)
+    path = find_model(path)
     spec, metadata, params = read_model_file(path)
     source = origin(path)
     shown = ("data", "command", "metrics")
@@ -107,6 +111,8 @@ def describe(path_or_loaded: Path | LoadedModel) -> dict:
 def overview(info: dict) -> list[tuple[str, str]]:
     """`diffgen info`'s summary of `describe`'s record: what the model does, how to use it, where it came
     from and how it was trained."""
+    if info.get("kind") == "diffusers":
+        return pipeline_overview(info)
     config = info["config"]
     rows = [("what it does", info["summary"])]
     if info["classes"]:
@@ -155,3 +161,55 @@ def training_text(info: dict) -> str:
 
 def number(value) -> str:
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def describe_pipeline(path: Path) -> dict:
+    """`diffgen info`'s record of a pipeline: what it makes, its network and schedule, where it came from."""
+    root = diffusers_models.pipeline_root(path)
+    weights = diffusers_models.weights_of(root)
+    spec = diffusers_spec.pipeline_spec(root)
+    source = origin(weights)
+    if source["source"] == "file":
+        source["model"] = str(root)  # the folder is what --model takes
+    info = spec.extra["diffusers"]
+    unet = info["unet"]
+    model = model_arg(source) if source["source"] == "hub" else str(root)
+    colour = COLOURS.get(spec.channels, f"{spec.channels}-channel")
+    return {
+        "kind": "diffusers", **source, "path": str(root), "weights": str(weights),
+        "size_bytes": weights.stat().st_size, "sha256": file_sha256(weights),
+        "task": spec.task.value, "image_size": spec.image_size, "channels": spec.channels, "classes": [],
+        "parameters": diffusers_spec.parameter_count(weights), "pipeline": info["pipeline"], "scheduler": info["scheduler"],
+        "diffusers_version": info["version"],
+        "config": {"beta_schedule": spec.beta_schedule, **linear_range(spec),
+                   "num_timesteps": spec.num_timesteps, "prediction": spec.prediction.value,
+                   "prediction_type": info["prediction_type"], "unet": unet},
+        "usage": usage(spec, model),
+        "summary": f"A diffusers {info['pipeline']} (UNet2DModel) that generates {spec.image_size}×{spec.image_size} "
+                   f"{colour} images, unconditionally.",
+    }
+
+
+def linear_range(spec: diffusers_spec.DiffusersSpec) -> dict:
+    """beta_start and beta_end where the schedule has them (the linear ones)."""
+    linear = spec.beta_schedule in ("linear", "scaled_linear")
+    return {"beta_start": spec.beta_start, "beta_end": spec.beta_end} if linear else {}
+
+
+def pipeline_overview(info: dict) -> list[tuple[str, str]]:
+    """`diffgen info`'s summary of `describe`'s record."""
+    config, unet = info["config"], info["config"]["unet"]
+    betas = f", β {config['beta_start']:g} to {config['beta_end']:g}" if "beta_start" in config else ""
+    source = source_text(info) if info["source"] == "hub" else "a local folder"
+    widths = "-".join(map(str, unet["block_out_channels"]))
+    return [
+        ("what it does", info["summary"]),
+        ("use it", info["usage"]),
+        ("source", source),
+        ("file", f"{info['weights']} ({info['size_bytes'] / 1e6:.1f} MB, sha256 {info['sha256'][:12]})"),
+        ("network", f"{info['parameters'] / 1e6:.2f} M parameters; UNet2DModel of {widths} channels"),
+        ("schedule", f"{config['beta_schedule']} β schedule of {config['num_timesteps']} steps{betas}, predicts "
+                     f"{config['prediction_type']} ({config['prediction']}); sampled with diffgen's samplers, "
+                     f"not the pipeline's {info['scheduler']}"),
+        ("made with", f"diffusers {info['diffusers_version'] or '(version unknown)'}"),
+    ]

@@ -30,7 +30,7 @@ from diffgen import __version__
 from diffgen.checkpoint import LoadedModel
 from diffgen.errors import OptionError
 from diffgen.files import atomic_write, fsync_dir, remove_stale_temps, umask, write_fix
-from diffgen.hub import model_identity
+from diffgen.provenance import model_identity
 from diffgen.images import make_folder, to_model_range
 from diffgen.upscale import Sampling, check_memory, upscale_tiled
 from diffgen.video import (

@@ -26,7 +26,6 @@ from diffgen.video import (
     ANIMATION_SUFFIXES,
     CONTAINERS,
     ENCODERS,
-    INSTALL,
     WRITABLE_VIDEO,
     Codec,
     VideoError,

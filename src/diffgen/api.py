@@ -1,0 +1,202 @@
+"""diffgen from Python: `generate`, `upscale` and `load_model`, with the commands' defaults and results.
+
+    from diffgen import generate, load_model, upscale
+
+    images = generate(4, seed=1)                 # PIL images: the pixels `diffgen generate --n 4 --seed 1` writes
+    big = upscale(Image.open("low.png"))         # x4 with the bundled model, as `diffgen upscale low.png`
+    model = load_model("runs/digits")            # load once, pass it to many calls
+    sevens = generate(8, model, classes="7", steps=20)
+
+Each function takes the options of its command as keyword arguments, with the same defaults, checks them
+the same way and gives the same pixels for the same settings (on the same kind of device and precision).
+Errors are `diffgen.errors` exceptions (`DiffgenError` and its subclasses), whose message is the line the
+command prints and names the command's option (`--steps 0: must be at least 1`). Nothing is printed;
+progress goes to `callback(done, total)`. `upscale` also takes and returns tensors: (C, H, W) or
+(B, C, H, W) floats in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from diffgen.checkpoint import LoadedModel, Task, with_precision, wrong_task
+from diffgen.errors import OptionError
+from diffgen.generate import class_index, fit_batch_size, iter_images
+from diffgen.images import open_image
+from diffgen.models import default_model, open_model
+from diffgen.samplers import Sampler, Spacing
+from diffgen.runtime import pick_device
+from diffgen.upscale import MAX_SAMPLES, Sampling, check_memory, upscale_image, upscale_tiled
+
+Model = str | Path | LoadedModel | None  # a --model value (None: the task's bundled default) or a loaded model
+Progress = Callable[[int, int], None]  # (done, total): images for generate, tiles for upscale
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def load_model(name_or_path: str | Path, task: Task | str | None = None, *, device: str = "auto",
+               precision: str = "auto") -> LoadedModel:
+    """Load a model as `--model` names it: a bundled name, a .safetensors file, a run folder, a Hub repo id
+    (user/name[@revision]) or a diffusers pipeline. With `task` ("generate" or "upscale"), a model for the
+    other task is refused. device: auto (a GPU if there is one), cpu, cuda, cuda:N. precision: auto (bf16
+    where the CPU computes it natively), fp32 or bf16."""
+    task = None if task is None else choice(Task, task, "task")
+    if precision not in PRECISIONS:
+        raise OptionError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    return with_precision(open_model(str(name_or_path), task, pick_device(device)), precision)
+
+
+def model_for(model: Model, task: Task, device: str, precision: str) -> LoadedModel:
+    """The loaded model a `model` argument names; one already loaded is used as it is (its device and precision)."""
+    if not isinstance(model, LoadedModel):
+        return load_model(default_model(task) if model is None else model, task, device=device, precision=precision)
+    if model.spec.task is not task:
+        raise wrong_task(str(model.path), model.spec, task)
+    return model
+
+
+def generate(
+    n: int = 16,
+    model: Model = None,
+    *,
+    classes: str | int | Sequence[str | int] | None = None,
+    seed: int = 0,
+    steps: int = 10,
+    sampler: Sampler | str = Sampler.UNIPC,
+    spacing: Spacing | str | None = None,
+    guidance: float = 0.0,
+    start: int = 0,
+    batch_size: int = 16,
+    device: str = "auto",
+    precision: str = "auto",
+    callback: Progress | None = None,
+) -> list[Image.Image]:
+    """Images start .. start+n-1 of the run `seed` makes, as PIL images: the pixels of the PNGs that
+    `diffgen generate` writes with the same options (`classes` is --class: a name or index, or a list of them
+    to cycle through; default all of the model's classes in turn)."""
+    check_generate_options(n=n, steps=steps, batch_size=batch_size, guidance=guidance, start=start)
+    sampler = choice(Sampler, sampler, "--sampler")
+    spacing = None if spacing is None else choice(Spacing, spacing, "--spacing")
+    loaded = model_for(model, Task.GENERATE, device, precision)
+    check_steps(loaded, steps)
+    wanted = [classes] if isinstance(classes, (str, int)) else list(classes or ())
+    cycle = [class_index(loaded.spec.class_names, str(c)) for c in wanted]
+    batch, _ = fit_batch_size(loaded, batch_size, n, guided=guidance > 0 and bool(loaded.spec.class_names))
+    images = []
+    for made in iter_images(loaded, n, start=start, classes=cycle or None, seed=seed, steps=steps, sampler=sampler,
+                            spacing=spacing, guidance=guidance, batch_size=batch):
+        images += [g.image for g in made]
+        if callback:
+            callback(len(images), n)
+    return images
+
+
+def upscale(
+    image: Image.Image | str | Path | Tensor,
+    model: Model = None,
+    *,
+    scale: int | None = None,
+    steps: int = Sampling.steps,
+    eta: float = Sampling.eta,
+    samples: int = Sampling.samples,
+    seed: int = Sampling.seed,
+    tile: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    callback: Progress | None = None,
+) -> Image.Image | Tensor:
+    """Upscale an image by the model's factor (x4 with the bundled model), as `diffgen upscale` does.
+
+    A PIL image comes back as a PIL image of the same kind (grey, alpha, 16-bit); an image file's name is
+    opened as the command opens it (upright by its EXIF orientation), and gives the pixels the command
+    writes. A tensor, (3, h, w) or (B, 3, h, w) in [-1, 1], comes back as one of (…, 3, s·h, s·w) in
+    [-1, 1], computed as an image is, to 16-bit precision. `scale`, if given, must be the model's."""
+    sampling = upscale_sampling(steps=steps, eta=eta, samples=samples, seed=seed)
+    check_tile(tile)
+    loaded = model_for(model, Task.UPSCALE, device, precision)
+    check_upscaler(loaded, sampling, scale=scale)
+    if isinstance(image, Tensor):
+        return upscale_tensors(loaded, image, tile=tile, sampling=sampling, callback=callback)
+    if isinstance(image, (str, Path)):
+        check_memory(loaded, Path(image), open_image(Path(image), decode=False), tile)
+        image = open_image(Path(image))
+    elif isinstance(image, Image.Image):
+        check_memory(loaded, "the image", image, tile)
+    else:
+        raise OptionError(f"image: a PIL image, a file name or a tensor, not {type(image).__name__}")
+    return upscale_image(loaded, image, tile=tile, sampling=sampling, callback=callback)[0]
+
+
+def upscale_tensors(loaded: LoadedModel, lowres: Tensor, *, tile: int | None, sampling: Sampling,
+                    callback: Progress | None) -> Tensor:
+    """(3, h, w) or (B, 3, h, w) in [-1, 1] -> the same shape, s times larger, through the image path (16-bit)."""
+    batch = lowres[None] if lowres.ndim == 3 else lowres
+    if batch.ndim != 4 or batch.shape[1] != loaded.spec.channels or not batch.is_floating_point():
+        raise OptionError(f"image: a float tensor of shape (3, H, W) or (B, 3, H, W) in [-1, 1], not "
+                          f"{batch.dtype} of shape {tuple(lowres.shape)}")
+    # check_memory reads only an image's size and kind: a stand-in for an RGB image of the tensor's size.
+    check_memory(loaded, "the tensor", SimpleNamespace(width=batch.shape[3], height=batch.shape[2], mode="RGB", info={}), tile)
+    out = []
+    for one in batch.detach().float().cpu():
+        pixels = upscale_tiled(loaded, one, tile=tile, sampling=sampling, bits=16, callback=callback)
+        out.append(torch.from_numpy(pixels.astype(np.float32)).permute(2, 0, 1) / 65535 * 2 - 1)
+    return torch.stack(out) if lowres.ndim == 4 else out[0]
+
+
+# --- the commands' checks ----------------------------------------------------------------------------------
+
+def choice(kind, value, option: str):
+    """An enum member from itself or its value, or an OptionError listing the choices."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise OptionError(f"{option} {value}: choose one of {', '.join(m.value for m in kind)}") from None
+
+
+def check_positive(option: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise OptionError(f"{option} {value}: must be at least 1")
+
+
+def check_generate_options(*, n: int, steps: int, batch_size: int, guidance: float, start: int = 0) -> None:
+    """generate's options that need no model."""
+    for option, value in (("--n", n), ("--steps", steps), ("--batch-size", batch_size)):
+        check_positive(option, value)
+    if guidance < 0:
+        raise OptionError(f"--guidance {guidance}: must be 0 or more")
+    if start < 0:
+        raise OptionError(f"--start {start}: must be 0 or more")
+
+
+def check_steps(loaded: LoadedModel, steps: int) -> None:
+    if steps > loaded.spec.num_timesteps:
+        raise OptionError(f"--steps {steps}: this model has {loaded.spec.num_timesteps} timesteps; use at most that")
+
+
+def upscale_sampling(*, steps: int, eta: float, samples: int, seed: int) -> Sampling:
+    """The sampling options of upscale and eval-upscale, checked."""
+    check_positive("--steps", steps)
+    if not 0 <= eta <= 1:
+        raise OptionError(f"--eta {eta}: must be between 0 and 1")
+    if not 1 <= samples <= MAX_SAMPLES:
+        raise OptionError(f"--samples {samples}: must be between 1 and {MAX_SAMPLES} (one per flip and turn)")
+    return Sampling(steps=steps, eta=eta, samples=samples, seed=seed)
+
+
+def check_tile(tile: int | None) -> None:
+    if tile is not None and tile < 32:
+        raise OptionError(f"--tile {tile}: must be at least 32")
+
+
+def check_upscaler(loaded: LoadedModel, sampling: Sampling, *, scale: int | None = None) -> None:
+    """The upscale options that depend on the model: its factor and its number of timesteps."""
+    if scale is not None and scale != loaded.spec.scale:
+        raise OptionError(f"--scale {scale}: this model upscales x{loaded.spec.scale}; pass --scale {loaded.spec.scale} "
+                          "or another --model")
+    check_steps(loaded, sampling.steps)

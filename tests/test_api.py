@@ -1,0 +1,138 @@
+"""The Python API: `from diffgen import generate, upscale, load_model` gives what the commands write."""
+
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import diffgen
+from diffgen import cli, generate, load_model, upscale
+from diffgen.checkpoint import LoadedModel, Task
+from diffgen.errors import CheckpointError, OptionError
+from test_hub import tiny_model
+from test_upscale import invoke, model_file, smooth_image  # noqa: F401 - model_file is a fixture
+
+SRC = str(Path(diffgen.__file__).parents[1])
+
+
+@pytest.fixture(scope="module")
+def generator(tmp_path_factory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("gen"), "gen.safetensors")  # 16x16, classes red and blue
+
+
+def pixels(image) -> np.ndarray:
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as img:
+            return np.asarray(img)
+    return np.asarray(image)
+
+
+def python(code: str) -> str:
+    env = os.environ | {"PYTHONPATH": SRC}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+
+
+def test_import_diffgen_and_help_do_not_import_torch():
+    assert python("import sys, diffgen; print(diffgen.__version__, 'torch' in sys.modules)").split() == \
+        [diffgen.__version__, "False"]
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom diffgen.cli import app\n"
+            "print(CliRunner().invoke(app, ['--help']).exit_code, 'torch' in sys.modules)")
+    assert python(code).split() == ["0", "False"]
+
+
+def test_the_names_are_the_functions_whatever_was_imported_first():
+    """diffgen.generate and diffgen.upscale are also modules: importing them first must not hide the functions."""
+    code = ("import diffgen.generate, diffgen.upscale\nfrom diffgen import generate, upscale\n"
+            "print(generate.__module__, upscale.__module__, diffgen.generate is generate)")
+    assert python(code).split() == ["diffgen.api", "diffgen.api", "True"]
+    assert generate.__module__ == upscale.__module__ == load_model.__module__ == "diffgen.api"
+
+
+@pytest.mark.parametrize("options, settings", [
+    ((), {}),  # the defaults: unipc, 10 steps, seed 0, every class in turn, device and precision auto
+    (("--seed", 5, "--steps", 3, "--sampler", "ddim", "--class", "blue", "--start", 2, "--precision", "fp32"),
+     {"seed": 5, "steps": 3, "sampler": "ddim", "classes": "blue", "start": 2, "precision": "fp32"}),
+    (("--guidance", 1.5, "--class", "red", "--class", "1", "--batch-size", 2, "--spacing", "karras"),
+     {"guidance": 1.5, "classes": ["red", 1], "batch_size": 2, "spacing": "karras"}),
+])
+def test_generate_equals_the_pngs_the_command_writes(generator, tmp_path, options, settings):
+    r = invoke("generate", "--model", generator, "--n", 3, "--out", tmp_path, *options)
+    assert r.exit_code == 0, r.output
+    images = generate(3, str(generator), **settings)
+    first = int(settings.get("start", 0))
+    assert [im.size for im in images] == [(16, 16)] * 3
+    for i, image in enumerate(images):
+        assert np.array_equal(pixels(image), pixels(tmp_path / f"{first + i:05d}.png"))
+
+
+def test_a_loaded_model_serves_many_calls(generator):
+    model = load_model(generator, "generate", device="cpu", precision="fp32")
+    assert isinstance(model, LoadedModel) and model.precision == "fp32"
+    done = []
+    images = generate(2, model, steps=2, callback=lambda i, n: done.append((i, n)))
+    assert done == [(2, 2)]
+    again = generate(2, str(generator), steps=2, device="cpu", precision="fp32")
+    assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(images, again))
+
+
+def test_upscale_equals_the_file_the_command_writes(model_file, tmp_path):
+    smooth_image(40, 24).save(tmp_path / "low.png")
+    r = invoke("upscale", tmp_path / "low.png", "--model", model_file, "--out", tmp_path / "big.png", "--tile", 32)
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "low.png") as low:
+        from_image = upscale(low, model_file, tile=32)
+    from_file = upscale(tmp_path / "low.png", model_file, tile=32, scale=4)
+    assert from_image.size == (160, 96)
+    assert np.array_equal(pixels(from_image), pixels(tmp_path / "big.png"))
+    assert np.array_equal(pixels(from_file), pixels(tmp_path / "big.png"))
+
+
+def test_upscale_takes_and_gives_tensors(model_file, tmp_path):
+    low = smooth_image(40, 24)
+    lowres = torch.from_numpy(np.array(low)).permute(2, 0, 1).float() / 127.5 - 1
+    image = pixels(upscale(low, model_file, samples=1, precision="fp32"))
+    one = upscale(lowres, model_file, samples=1, precision="fp32")
+    batch = upscale(torch.stack([lowres, lowres.flip(-1)]), model_file, samples=1, precision="fp32")
+    assert one.shape == (3, 96, 160) and batch.shape == (2, 3, 96, 160)
+    # The same computation as the image's, kept to 16 bits instead of 8.
+    assert np.abs((one.permute(1, 2, 0).numpy() + 1) * 127.5 - image).max() <= 0.51
+    assert torch.equal(batch[0], one)
+
+
+def test_errors_are_diffgens_and_nothing_is_printed(generator, model_file, capfd):
+    cases = [
+        (lambda: generate(0, generator), OptionError, "--n 0: must be at least 1"),
+        (lambda: generate(1, generator, sampler="nope"), OptionError, "--sampler nope: choose one of"),
+        (lambda: generate(1, generator, steps=1001), OptionError, "--steps 1001: this model has 1000 timesteps"),
+        (lambda: generate(1, generator, classes="green"), OptionError, "--class green: the model has no such class"),
+        (lambda: generate(1, model_file), CheckpointError, "is an upscale model"),
+        (lambda: upscale(smooth_image(8, 8), generator), CheckpointError, "is a generate model"),
+        (lambda: upscale(smooth_image(8, 8), model_file, scale=2), OptionError, "--scale 2: this model upscales x4"),
+        (lambda: upscale(smooth_image(8, 8), model_file, samples=9), OptionError, "--samples 9"),
+        (lambda: upscale(torch.zeros(1, 8, 8), model_file), OptionError, "image: a float tensor of shape"),
+        (lambda: upscale(b"png bytes", model_file), OptionError, "image: a PIL image, a file name or a tensor"),
+        (lambda: load_model(generator, task="train"), OptionError, "task train: choose one of generate, upscale"),
+        (lambda: load_model(generator, precision="fp8"), OptionError, "--precision fp8"),
+        (lambda: load_model("no/such/model.safetensors"), CheckpointError, "no such model file"),
+    ]
+    for call, error, message in cases:
+        with pytest.raises(error, match=message):
+            call()
+    assert capfd.readouterr() == ("", "")
+
+
+def test_defaults_are_the_commands():
+    """The API's defaults mirror the command's options (cli.py cannot import the core's: that imports torch)."""
+    # --start's default is "after the images in --out"; the API writes no folder, so it starts at 0.
+    for command, function, skip in ((cli.generate, generate, {"start"}), (cli.upscale, upscale, set())):
+        options = inspect.signature(command).parameters
+        for name, param in inspect.signature(function).parameters.items():
+            if name in options and name not in skip | {"model"}:
+                default = options[name].default
+                assert param.default == getattr(default, "value", default), name
