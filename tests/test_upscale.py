@@ -207,3 +207,15 @@ def test_eval_upscale_prints_a_table_with_both_methods(model_file, tmp_path):
         assert needle in r.output
     r = invoke("eval-upscale", tmp_path, "--model", model_file, "--steps", 1, "--samples", 9)
     assert r.exit_code == 2 and "--samples 9: must be between 1 and 8" in r.output
+
+
+def test_eval_upscale_scores_a_degraded_input_and_refuses_an_unknown_condition(model_file, tmp_path):
+    smooth_image(48, 40).save(tmp_path / "a.png")
+    bicubic_psnr = {}
+    for condition in ("clean", "jpeg:20"):
+        r = invoke("eval-upscale", tmp_path, "--model", model_file, "--steps", 1, "--degrade", condition)
+        assert r.exit_code == 0 and f"1 image, {condition}" in " ".join(r.output.split()), r.output
+        bicubic_psnr[condition] = float(next(line for line in r.output.splitlines() if "mean" in line).split("│")[2])
+    assert bicubic_psnr["jpeg:20"] < bicubic_psnr["clean"]
+    r = invoke("eval-upscale", tmp_path, "--model", model_file, "--degrade", "jpeg:100")
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "--degrade jpeg:100: use clean" in r.output

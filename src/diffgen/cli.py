@@ -277,6 +277,7 @@ def train(
     min_snr_gamma: Annotated[Optional[float], typer.Option(help="Weigh down the easy, almost clean steps in the loss (Min-SNR-γ, this is γ); 0 turns it off.", show_default="5; upscale: 0")] = None,
     pure_noise_share: Annotated[Optional[float], typer.Option(help="Share of each batch trained at pure noise, where sampling starts; few-step upscales gain most.", show_default="0; upscale: 0.5")] = None,
     random_shrink: Annotated[float, typer.Option(help="Upscaling: cut each crop as if its photo were shrunk by a random factor between this and 1, for more varied detail; 1 turns it off.")] = 1.0,
+    degrade: Annotated[str, typer.Option(help="Upscaling: 'real' trains on inputs with random blur, noise and JPEG, so real photos upscale cleanly; 'none' on clean bicubic ones.", metavar="none|real")] = "none",
     label_dropout: Annotated[float, typer.Option(help="Share of images trained without their class, so that generate --guidance works (label dropout).")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of weights, data order and noise.")] = 0,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
@@ -321,7 +322,7 @@ def train(
         max_steps=2000 if max_steps is None else max_steps,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, lr_decay=lr_decay,
         grad_clip=grad_clip, ema_decay=ema_decay, schedule=ScheduleKind(schedule.value),
-        random_shrink=random_shrink, label_dropout=label_dropout, seed=seed, save_every=save_every,
+        random_shrink=random_shrink, degrade=degrade, label_dropout=label_dropout, seed=seed, save_every=save_every,
         sample_every=sample_every, log_every=log_every, workers=workers, device=device or "auto",
         precision=precision.value if precision else "auto", epochs=epochs,
         init_from=init_from,
@@ -742,6 +743,7 @@ def eval_upscale(
     samples: Annotated[int, typer.Option(help=SAMPLES_HELP)] = 2,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     tile: Annotated[Optional[int], typer.Option(help="Side of the pieces the image is upscaled in, in input pixels: smaller uses less memory.", show_default="automatic")] = None,
+    degrade: Annotated[str, typer.Option(metavar="CONDITION", help="What happens to each shrunk image before it is upscaled: clean, jpeg:QUALITY (saved as a JPEG, e.g. jpeg:75) or noise:SIGMA (Gaussian noise in 8-bit levels, e.g. noise:5).")] = "clean",
     precision: Annotated[PrecisionOpt, typer.Option(help=PRECISION_HELP)] = PrecisionOpt.auto,
     device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
 ) -> None:
@@ -753,25 +755,29 @@ def eval_upscale(
     Examples:
       diffgen eval-upscale data/heldout
       diffgen eval-upscale photos/ --model runs/sr --steps 10
+      diffgen eval-upscale data/heldout --degrade jpeg:75
     """
     from rich.table import Table  # noqa: PLC0415
+
+    from diffgen.degrade import parse_condition  # noqa: PLC0415
 
     from diffgen.data import find_images  # noqa: PLC0415
     from diffgen.metrics import PSNR_CAP, evaluate, mean_row  # noqa: PLC0415
     from diffgen.upscale import count_of, upscale_image  # noqa: PLC0415
 
     freeze_imports()
+    condition = parse_condition(degrade)
     sampling = upscale_sampling(steps=steps, eta=eta, samples=samples, seed=seed)
     loaded = with_precision(open_upscaler(model, device, sampling, tile=tile), precision)
     files, _, _ = find_images(hr_dir)
     failures = []
     with ItemProgress("scoring", len(files)) as advance:
         rows = evaluate(lambda lr: upscale_image(loaded, lr, tile=tile, sampling=sampling)[0],
-                        files, loaded.spec.scale, callback=advance, on_error=failures.append)
+                        files, loaded.spec.scale, callback=advance, on_error=failures.append, condition=condition)
     for e in failures:
         console_err.print(labelled("error:", "red", str(e)), highlight=False, soft_wrap=True)
     if rows:
-        table = Table(title=f"x{loaded.spec.scale} on {hr_dir} ({count_of(len(rows), 'image')}), on {device_of(loaded)}: "
+        table = Table(title=f"x{loaded.spec.scale} on {hr_dir} ({count_of(len(rows), 'image')}, {condition}), on {device_of(loaded)}: "
                             f"PSNR (dB, at most {PSNR_CAP:.0f}) and SSIM on Y, {count_of(steps, 'step')}, η = {eta}, "
                             f"{count_of(samples, 'sample')}, {loaded.precision}")
         for col in ("image", "bicubic PSNR", "diffgen PSNR", "gain", "bicubic SSIM", "diffgen SSIM", "seconds"):

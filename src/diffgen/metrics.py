@@ -4,7 +4,8 @@ The convention (SRCNN, Dong et al. 2014; EDSR, Lim et al. 2017; and the MATLAB s
 
 - The HR image is cropped, top-left anchored, to a multiple of the scale.
 - LR is PIL's antialiased bicubic downsampling of that HR; the baseline is PIL's bicubic upsampling
-  of LR back to HR size.
+  of LR back to HR size. For real-world inputs the LR may then be degraded (saved as a JPEG, or given
+  noise: `degrade.Condition`) before both the baseline and the model upscale it.
 - PSNR and SSIM are measured on the Y channel of ITU-R BT.601 YCbCr as MATLAB's `rgb2ycbcr` defines
   it (Y in [16, 235], not rounded), with `scale` pixels cropped from every side, data range 255.
 - SSIM is Wang et al. 2004: an 11x11 Gaussian window with sigma 1.5, K1 = 0.01, K2 = 0.03, 'valid'
@@ -15,6 +16,7 @@ The convention (SRCNN, Dong et al. 2014; EDSR, Lim et al. 2017; and the MATLAB s
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
+from diffgen.degrade import Condition
 from diffgen.errors import DiffgenError, ImageError
 from diffgen.images import open_image, to_mode
 
@@ -125,15 +128,17 @@ def evaluate(
     scale: int,
     callback: Progress | None = None,
     on_error: Callable[[DiffgenError], None] | None = None,
+    condition: Condition = Condition("clean"),
 ) -> list[EvalRow]:
-    """Score `upscale` and the bicubic baseline on LR versions of the given ground-truth images.
+    """Score `upscale` and the bicubic baseline on LR versions of the given ground-truth images, each
+    degraded by `condition` (e.g. saved as a JPEG) before both upscale it.
 
     A file that cannot be scored raises, or with `on_error` is passed to it and left out of the rows.
     """
     rows = []
     for i, path in enumerate(hr_paths):
         try:
-            rows.append(evaluate_one(upscale, path, scale))
+            rows.append(evaluate_one(upscale, path, scale, condition))
         except DiffgenError as e:
             if on_error is None:
                 raise
@@ -143,13 +148,14 @@ def evaluate(
     return rows
 
 
-def evaluate_one(upscale: Callable[[Image.Image], Image.Image], path: Path, scale: int) -> EvalRow:
+def evaluate_one(upscale: Callable[[Image.Image], Image.Image], path: Path, scale: int,
+                 condition: Condition = Condition("clean")) -> EvalRow:
     hr = crop_to_multiple(to_mode(open_image(path), 3), scale)  # RGB; 16-bit grey scaled, not clipped
     smallest = SSIM_WINDOW + 2 * scale  # an SSIM window must fit inside the cropped border
     if min(hr.size) < smallest:
         raise ImageError(f"{path}: {hr.width}x{hr.height} is too small to score at x{scale}; "
                          f"use images of at least {smallest}x{smallest} pixels")
-    lr = make_lowres(hr, scale)
+    lr = condition.apply(make_lowres(hr, scale), seed=zlib.crc32(Path(path).name.encode()))
     start = time.perf_counter()
     sr = upscale(lr)
     seconds = time.perf_counter() - start

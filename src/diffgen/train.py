@@ -30,6 +30,7 @@ from diffgen.data import (
     Crop, Dataset, DataOrder, FileImages, batch_generator, collate_crops, downsample, open_dataset, quantize,
     random_dihedral, random_flip, shrunk_crop, upsample,
 )
+from diffgen.degrade import DEGRADATIONS, degrade, draw_chain
 from diffgen.errors import DataError, DiffgenError, OptionError, TrainingInterrupted
 from diffgen.files import atomic_write, write_fix
 from diffgen.generate import sample_batch
@@ -72,6 +73,7 @@ class TrainConfig:
     min_snr_gamma: float = 5.0  # Min-SNR-γ loss weighting; 0 turns it off
     pure_noise_share: float = 0.0  # share of each batch trained at t = T-1, where sampling starts
     random_shrink: float = 1.0  # upscaling: each HR crop as if its photo were shrunk by a random factor in [this, 1]
+    degrade: str = "none"  # upscaling: "real" trains on LR inputs with random blur, noise and JPEG (degrade.py)
     label_dropout: float = 0.1  # share of labels replaced by "no label" (classifier-free guidance)
     seed: int = 0  # seeds weights, data order and noise
     save_every: int = 500  # checkpoint period in steps
@@ -207,6 +209,10 @@ def check_config(cfg: TrainConfig, ranks: Ranks) -> None:
         raise OptionError(f"--pure-noise-share {cfg.pure_noise_share}: must be in [0, 1]")
     if not 0 < cfg.random_shrink <= 1:
         raise OptionError(f"--random-shrink {cfg.random_shrink}: must be in (0, 1]; 1 turns it off")
+    if cfg.degrade not in DEGRADATIONS:
+        raise OptionError(f"--degrade {cfg.degrade}: use one of {', '.join(DEGRADATIONS)}")
+    if cfg.degrade != "none" and cfg.task is not Task.UPSCALE:
+        raise OptionError(f"--degrade {cfg.degrade}: only for --task upscale (it degrades the low-resolution input)")
     if cfg.random_shrink < 1 and cfg.task is not Task.UPSCALE:
         raise OptionError("--random-shrink: only for --task upscale (generation resizes every image to one size)")
     if cfg.precision not in ("auto", "fp32", "bf16"):
@@ -362,7 +368,11 @@ def make_inputs(crops: Tensor, labels: Tensor, g: torch.Generator, spec: ModelSp
         # input is rounded to 8 bits like a real file's, and the residual is taken over its upsampling.
         if cfg.flip:
             hr = random_dihedral(hr, torch.randint(8, (micro,), generator=g)[s])
-        lr = quantize(downsample(hr, spec.scale))
+        if cfg.degrade == "real":  # drawn only then, so clean runs keep their stream
+            lr_size = (hr.shape[-2] // spec.scale, hr.shape[-1] // spec.scale)
+            lr = degrade(hr, spec.scale, draw_chain(micro, hr.shape[1], lr_size, g)[s])
+        else:
+            lr = quantize(downsample(hr, spec.scale))
         return (hr - upsample(lr, spec.scale)) * spec.residual_scale, None, lr
     if cfg.flip:
         hr = random_flip(hr, flip)
