@@ -7,6 +7,7 @@ atomically (temporary file, fsync, rename) and read with safetensors only: no pi
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shlex
@@ -265,6 +266,27 @@ def with_precision(loaded: LoadedModel, precision: str) -> LoadedModel:
     if precision == "bf16" or (precision == "auto" and bf16_is_fast(device)):
         return in_bfloat16(loaded)
     return loaded
+
+
+def blend(gentle: LoadedModel, strong: LoadedModel, strength: float) -> LoadedModel:
+    """A model between two fine-tunes of one network: weights (1 - strength) * gentle + strength * strong.
+
+    Network interpolation (Wang et al. 2018, ESRGAN section 3.4; realesr-general-x4v3's `-dn`): two models
+    fine-tuned from the same start lie in one basin, so their blend behaves in between, e.g. between an
+    upscaler trained on clean inputs (0: keeps faint texture) and one trained on noisy JPEGs (1: removes
+    noise and blocks). Only models that compute the same thing in the same way can be blended.
+    """
+    a, b = gentle.spec, strong.spec
+    same = ("unet", "task", "scale", "channels", "schedule", "num_timesteps", "prediction", "residual_scale")
+    differ = [name for name in same if getattr(a, name) != getattr(b, name)]
+    if differ:
+        raise CheckpointError(f"{gentle.path} and {strong.path}: cannot be blended, their {', '.join(differ)} differ; "
+                              "blend two fine-tunes of one model")
+    model = copy.deepcopy(strong.model)
+    with torch.no_grad():
+        for p, p_gentle in zip(model.parameters(), gentle.model.parameters()):
+            p.lerp_(p_gentle.to(p.dtype), 1 - strength)
+    return replace(strong, model=model)
 
 
 def save_model(path: Path, model: torch.nn.Module, spec: ModelSpec, *, half: bool = False) -> None:

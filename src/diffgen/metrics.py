@@ -11,6 +11,10 @@ The convention (SRCNN, Dong et al. 2014; EDSR, Lim et al. 2017; and the MATLAB s
 - SSIM is Wang et al. 2004: an 11x11 Gaussian window with sigma 1.5, K1 = 0.01, K2 = 0.03, 'valid'
   filtering (no padding), averaged over the map.
 - PSNR is capped at 100 dB (`PSNR_CAP`): a perfect match would be infinite and make every mean infinite.
+
+PSNR rewards the average of all plausible details, which is smooth. `Scores.detail` says how much fine
+detail an output has: its Y channel's power above half the Nyquist frequency (Hann-windowed, same border
+crop) as a share of the original's. Bicubic upsampling scores far below 1, the original 1.
 """
 
 from __future__ import annotations
@@ -103,6 +107,7 @@ def bicubic_upscale(lr: Image.Image, scale: int) -> Image.Image:
 class Scores:
     psnr: float  # dB on Y, border cropped
     ssim: float  # on Y, border cropped
+    detail: float  # high-frequency power of Y over the original's
 
 
 def score(sr: Image.Image, hr: Image.Image, scale: int) -> Scores:
@@ -111,7 +116,17 @@ def score(sr: Image.Image, hr: Image.Image, scale: int) -> Scores:
         raise ValueError(f"cannot score a {sr.size[0]}x{sr.size[1]} output against a {hr.size[0]}x{hr.size[1]} image")
     b = scale
     y_sr, y_hr = rgb_to_y(sr)[b:-b, b:-b], rgb_to_y(hr)[b:-b, b:-b]
-    return Scores(psnr(y_sr, y_hr), ssim(y_sr, y_hr))
+    return Scores(psnr(y_sr, y_hr), ssim(y_sr, y_hr), high_frequency_power(y_sr) / max(high_frequency_power(y_hr), 1e-12))
+
+
+def high_frequency_power(y: np.ndarray) -> float:
+    """Mean power of a (H, W) array's spectrum above half the Nyquist frequency along either axis, after
+    a Hann window (so the image's edges do not leak into every frequency)."""
+    h, w = y.shape
+    window = np.outer(np.hanning(h), np.hanning(w))
+    power = np.abs(np.fft.fft2((y - y.mean()) * window)) ** 2
+    fy, fx = np.abs(np.fft.fftfreq(h))[:, None], np.abs(np.fft.fftfreq(w))[None, :]
+    return float(power[(fy > 0.25) | (fx > 0.25)].mean())
 
 
 @dataclass(frozen=True)
@@ -163,7 +178,7 @@ def evaluate_one(upscale: Callable[[Image.Image], Image.Image], path: Path, scal
 
 
 def mean_scores(scores: list[Scores]) -> Scores:
-    return Scores(float(np.mean([s.psnr for s in scores])), float(np.mean([s.ssim for s in scores])))
+    return Scores(*(float(np.mean([getattr(s, f) for s in scores])) for f in ("psnr", "ssim", "detail")))
 
 
 def mean_row(rows: list[EvalRow]) -> EvalRow:
