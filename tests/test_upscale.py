@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 import diffgen.upscale
 from diffgen.checkpoint import ModelSpec, Task, load_model, save_model
+from diffgen.errors import OptionError
 from diffgen.cli import app
 from diffgen.images import pil_to_tensor, to_model_range
 from diffgen.schedule import Prediction
@@ -219,3 +220,23 @@ def test_eval_upscale_scores_a_degraded_input_and_refuses_an_unknown_condition(m
     assert bicubic_psnr["jpeg:20"] < bicubic_psnr["clean"]
     r = invoke("eval-upscale", tmp_path, "--model", model_file, "--degrade", "jpeg:100")
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "--degrade jpeg:100: use clean" in r.output
+
+
+def test_a_final_width_or_height_keeps_the_aspect(model_file, tmp_path):
+    from diffgen.models import open_model
+    from diffgen.upscale import final_size, upscale_file
+
+    assert final_size((30, 20), 4, None, None) == (120, 80)
+    assert final_size((30, 20), 4, 100, None) == (100, 67)
+    assert final_size((30, 20), 4, None, 50) == (75, 50)
+    with pytest.raises(OptionError, match="--width and --height: give one"):
+        final_size((30, 20), 4, 100, 50)
+    smooth_image(30, 20).save(tmp_path / "in.png")
+    loaded = open_model(str(model_file), Task.UPSCALE)
+    fast = Sampling(steps=1, samples=1)
+    full = upscale_file(loaded, tmp_path / "in.png", tmp_path / "x4.png", sampling=fast)
+    wide = upscale_file(loaded, tmp_path / "in.png", tmp_path / "w.png", sampling=fast, width=90)
+    assert full.size == Image.open(tmp_path / "x4.png").size == (120, 80)
+    assert wide.size == Image.open(tmp_path / "w.png").size == (90, 60)
+    lanczos = np.asarray(Image.open(tmp_path / "x4.png").resize((90, 60), Image.Resampling.LANCZOS), np.int16)
+    assert np.abs(np.asarray(Image.open(tmp_path / "w.png"), np.int16) - lanczos).max() <= 1

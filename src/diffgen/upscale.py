@@ -238,19 +238,39 @@ def upscale_file(
     sampling: Sampling = Sampling(),
     overwrite: bool = False,
     quality: int = 95,
+    width: int | None = None,
+    height: int | None = None,
     callback: Progress | None = None,
 ) -> Upscaled:
-    """Upscale one image file into `dst`, keeping its kind (grey, alpha, 16-bit), ICC profile and PNG text."""
+    """Upscale one image file into `dst`, keeping its kind (grey, alpha, 16-bit), ICC profile and PNG text.
+
+    With `width` or `height`, the model's output is resampled (Lanczos) to that size, the aspect kept."""
     make_folder(dst.parent)  # before the work: a folder that cannot be made fails in a moment, not after it
-    check_memory(loaded, src, open_image(src, decode=False), tile)
+    header = open_image(src, decode=False)
+    target = final_size(header.size, loaded.spec.scale, width, height)
+    check_memory(loaded, src, header, tile)
     img = open_image(src)
     out, note = upscale_image(loaded, img, tile=tile, sampling=sampling, callback=callback)
+    if out.size != target:
+        out = out.resize(target, Image.Resampling.LANCZOS)
     keep = carried_metadata(img, out.mode)
     text = keep.pop("text") | {"diffgen": f"upscale x{loaded.spec.scale}", **model_identity(loaded.path),
                                "steps": str(sampling.steps), "eta": str(sampling.eta), "samples": str(sampling.samples),
                                "seed": str(sampling.seed), "precision": loaded.precision}
     lost = save_image(out, dst, text=text, overwrite=overwrite, quality=quality, **keep)
     return Upscaled(src, dst, out.size, "; ".join(n for n in (note, lost) if n) or None)
+
+
+def final_size(size: tuple[int, int], scale: int, width: int | None, height: int | None) -> tuple[int, int]:
+    """The output size of a `size` image: `scale` times larger, or `width` or `height` wide with the aspect kept."""
+    w, h = size
+    if width is not None and height is not None:
+        raise OptionError("--width and --height: give one; the other follows from the image's aspect ratio")
+    if width is not None:
+        return width, max(1, round(h * width / w))
+    if height is not None:
+        return max(1, round(w * height / h)), height
+    return w * scale, h * scale
 
 
 # Memory of one tile through the U-Net on the CPU: about 0.6 GB for a DEFAULT_TILE tile and 64 channels
