@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 import diffgen
-from diffgen import cli, generate, load_model, upscale
+from diffgen import generate, load_model, upscale
+from diffgen.cli import generating, upscaling
 from diffgen.checkpoint import LoadedModel, Task
 from diffgen.errors import CheckpointError, OptionError
 from test_hub import tiny_model
@@ -128,9 +129,9 @@ def test_errors_are_diffgens_and_nothing_is_printed(generator, model_file, capfd
 
 
 def test_defaults_are_the_commands():
-    """The API's defaults mirror the command's options (cli.py cannot import the core's: that imports torch)."""
+    """The API's defaults mirror the command's options (the CLI cannot import the core's: that imports torch)."""
     # --start's default is "after the images in --out"; the API writes no folder, so it starts at 0.
-    for command, function, skip in ((cli.generate, generate, {"start"}), (cli.upscale, upscale, set())):
+    for command, function, skip in ((generating.generate, generate, {"start"}), (upscaling.upscale, upscale, set())):
         options = inspect.signature(command).parameters
         for name, param in inspect.signature(function).parameters.items():
             if name in options and name not in skip | {"model"}:

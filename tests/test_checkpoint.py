@@ -132,3 +132,25 @@ def test_precision_auto_uses_bf16_only_where_the_cpu_is_fast_at_it(tmp_path, mon
         full, half = loaded.model(x, t, y), ckpt.with_precision(loaded, "bf16").model(x, t, y)
     assert half.dtype == torch.float32 and not torch.equal(full, half)
     assert (half - full).norm() < 0.05 * full.norm()
+
+
+def test_blending_two_fine_tunes_interpolates_their_weights(tmp_path):
+    from dataclasses import replace
+
+    from diffgen.checkpoint import LoadedModel
+    from diffgen.models import blend
+
+    model, spec = make_model(Task.UPSCALE)
+    other = make_model(Task.UPSCALE)[0]
+    for p in other.parameters():
+        p.data.add_(0.01)
+    gentle, strong = LoadedModel(spec, model, tmp_path / "a"), LoadedModel(spec, other, tmp_path / "b")
+    before = [p.clone() for p in other.parameters()]
+    for strength in (0.0, 0.25, 1.0):
+        mixed = blend(gentle, strong, strength)
+        for p, a, b in zip(mixed.model.parameters(), model.parameters(), other.parameters()):
+            assert torch.allclose(p, (1 - strength) * a + strength * b, atol=1e-6)
+    assert all(torch.equal(p, q) for p, q in zip(other.parameters(), before))  # the inputs are untouched
+    wider = LoadedModel(replace(spec, residual_scale=2.0), other, tmp_path / "c")
+    with pytest.raises(CheckpointError, match="cannot be blended, their residual_scale differ"):
+        blend(gentle, wider, 0.5)

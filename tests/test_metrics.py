@@ -173,10 +173,21 @@ def test_evaluate_reports_a_bad_file_and_goes_on(hr_files, tmp_path):
 
 
 def test_mean_row_averages_scores_and_sums_seconds():
-    rows = [EvalRow("a", Scores(30.0, 0.8), Scores(32.0, 0.9), 1.5),
-            EvalRow("b", Scores(20.0, 0.6), Scores(26.0, 0.7), 0.5)]
+    rows = [EvalRow("a", Scores(30.0, 0.8, 0.2), Scores(32.0, 0.9, 0.6), 1.5),
+            EvalRow("b", Scores(20.0, 0.6, 0.4), Scores(26.0, 0.7, 1.0), 0.5)]
     mean = mean_row(rows)
     assert mean.name == "mean"
     assert (mean.bicubic.psnr, mean.bicubic.ssim) == pytest.approx((25.0, 0.7))
     assert (mean.model.psnr, mean.model.ssim) == pytest.approx((29.0, 0.8))
+    assert (mean.bicubic.detail, mean.model.detail) == pytest.approx((0.3, 0.8))
     assert mean.seconds == pytest.approx(2.0)
+
+
+def test_detail_is_the_share_of_the_originals_high_frequency_power():
+    rng = np.random.default_rng(0)
+    hr = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))  # white noise: half its power is high
+    assert score(hr, hr, 4).detail == pytest.approx(1.0)
+    bicubic = bicubic_upscale(make_lowres(hr, 4), 4)
+    assert score(bicubic, hr, 4).detail < 0.1
+    doubled = Image.fromarray(np.clip(128 + 2 * (np.asarray(hr, np.float64) - 128), 0, 255).astype(np.uint8))
+    assert 1.5 < score(doubled, hr, 4).detail < 4.0  # twice the amplitude, clipped: up to 4x the power

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffgen.config import TrainConfig
-from diffgen.enums import Crop, Prediction, Task
+from diffgen.enums import Crop, Degrade, Prediction, Task
 from diffgen.errors import DataError, DiffgenError, OptionError, TrainingInterrupted
 from diffgen.events import StepDone
 from diffgen.objective import DiffusionLoss
@@ -27,10 +27,11 @@ def config(data, out, **kw):
     return replace(base, **kw)
 
 
-@pytest.mark.parametrize("task", [Task.GENERATE, Task.UPSCALE])
-def test_resume_gives_bitwise_the_same_weights(class_folder, photo_folder, tmp_path, task):
+@pytest.mark.parametrize("task, degrade", [(Task.GENERATE, Degrade.NONE), (Task.UPSCALE, Degrade.NONE),
+                                           (Task.UPSCALE, Degrade.REAL)])
+def test_resume_gives_bitwise_the_same_weights(class_folder, photo_folder, tmp_path, task, degrade):
     data = class_folder if task is Task.GENERATE else photo_folder
-    kw = {"task": task, "image_size": 32, "batch_size": 2} if task is Task.UPSCALE else {}
+    kw = {"task": task, "image_size": 32, "batch_size": 2, "degrade": degrade} if task is Task.UPSCALE else {}
     kw["lr_decay"] = True  # the learning rate depends on the step, which resuming must restore
     train(config(data, tmp_path / "straight", **kw))
     train(config(data, tmp_path / "split", max_steps=2, **kw))

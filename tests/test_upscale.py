@@ -10,6 +10,7 @@ from PIL import Image, ImageCms, PngImagePlugin
 from typer.testing import CliRunner
 
 from diffgen.checkpoint import ModelSpec, Task, load_model, save_model
+from diffgen.errors import OptionError
 from diffgen.cli import app
 from diffgen.images import pil_to_tensor, to_model_range
 from diffgen.schedule import Prediction
@@ -222,3 +223,49 @@ def test_eval_upscale_prints_a_table_with_both_methods(model_file, tmp_path):
         assert needle in r.output
     r = invoke("eval-upscale", tmp_path, "--model", model_file, "--steps", 1, "--samples", 9)
     assert r.exit_code == 2 and "--samples 9: must be between 1 and 8" in r.output
+
+
+def test_eval_upscale_scores_a_degraded_input_and_refuses_an_unknown_condition(model_file, tmp_path):
+    smooth_image(48, 40).save(tmp_path / "a.png")
+    bicubic_psnr = {}
+    for condition in ("clean", "jpeg:20"):
+        r = invoke("eval-upscale", tmp_path, "--model", model_file, "--steps", 1, "--degrade", condition)
+        assert r.exit_code == 0 and f"inputs {condition}" in " ".join(r.output.split()), r.output
+        bicubic_psnr[condition] = float(next(line for line in r.output.splitlines() if "mean" in line).split("│")[2])
+    assert bicubic_psnr["jpeg:20"] < bicubic_psnr["clean"]
+    r = invoke("eval-upscale", tmp_path, "--model", model_file, "--degrade", "jpeg:100")
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "--degrade jpeg:100: use clean" in r.output
+
+
+def test_a_final_width_or_height_keeps_the_aspect(model_file, tmp_path):
+    from diffgen.models import open_model
+    from diffgen.upscale import final_size, upscale_file
+
+    assert final_size((30, 20), 4, None, None) == (120, 80)
+    assert final_size((30, 20), 4, 100, None) == (100, 67)
+    assert final_size((30, 20), 4, None, 50) == (75, 50)
+    with pytest.raises(OptionError, match="--width and --height: give one"):
+        final_size((30, 20), 4, 100, 50)
+    smooth_image(30, 20).save(tmp_path / "in.png")
+    loaded = open_model(str(model_file), Task.UPSCALE)
+    fast = Sampling(steps=1, samples=1)
+    full = upscale_file(loaded, tmp_path / "in.png", tmp_path / "x4.png", sampling=fast)
+    wide = upscale_file(loaded, tmp_path / "in.png", tmp_path / "w.png", sampling=fast, width=90)
+    assert full.size == Image.open(tmp_path / "x4.png").size == (120, 80)
+    assert wide.size == Image.open(tmp_path / "w.png").size == (90, 60)
+    lanczos = np.asarray(Image.open(tmp_path / "x4.png").resize((90, 60), Image.Resampling.LANCZOS), np.int16)
+    assert np.abs(np.asarray(Image.open(tmp_path / "w.png"), np.int16) - lanczos).max() <= 1
+
+
+def test_the_command_takes_a_final_size_and_a_detail_mode(model_file, tmp_path):
+    smooth_image(30, 20).save(tmp_path / "in.png")
+    r = invoke("upscale", tmp_path / "in.png", "--model", model_file, "--height", 50, "--detail")
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "in_x4.png") as out:
+        assert out.size == (75, 50)
+        assert (out.text["steps"], out.text["eta"], out.text["samples"]) == ("20", "1.0", "1")  # upscale.DETAIL
+    for args, message in ((("--width", 0), "--width 0: must be at least 1"),
+                          (("--width", 90, "--height", 50), "--width and --height: give one"),
+                          (("--detail", "--steps", 5), "--detail sets --steps, --eta and --samples")):
+        r = invoke("upscale", tmp_path / "in.png", "--model", model_file, "--overwrite", *args)
+        assert r.exit_code == 2 and message in r.output, (args, r.output)

@@ -346,3 +346,23 @@ def test_a_second_upscale_into_the_same_output_is_refused(tmp_path, loaded):
 
 def test_errors_are_diffgen_errors():
     assert issubclass(VideoError, DiffgenError)
+
+
+def test_the_command_upscales_videos_beside_images_and_skips_finished_ones(tmp_path, loaded):
+    from typer.testing import CliRunner
+
+    from diffgen.cli import app
+
+    make_clip(tmp_path / "clip.mp4")
+    Image.fromarray(pictures(1, 16, 12)[0]).save(tmp_path / "still.png")
+    args = ["upscale", str(tmp_path), "--model", str(loaded.path), "--samples", "1"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert len(frames(tmp_path / "clip_x4.mp4")) == 5 and (frames(tmp_path / "clip_x4.mp4")[0].width, 64) == (64, 64)
+    assert Image.open(tmp_path / "still_x4.png").size == (64, 48)
+    assert "2 files upscaled" in r.output  # not "images": one is a video
+    again = CliRunner().invoke(app, [*args, "--skip-existing"])
+    assert again.exit_code == 0 and "2 skipped" in again.output, again.output
+    r = CliRunner().invoke(app, ["upscale", str(tmp_path / "clip.mp4"), "--model", str(loaded.path), "--width", "100",
+                                 "--overwrite"])
+    assert r.exit_code == 1 and "--width and --height are for images" in r.output

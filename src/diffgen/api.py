@@ -18,6 +18,7 @@ progress goes to `callback(done, total)`. `upscale` also takes and returns tenso
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,9 +32,9 @@ from diffgen.errors import OptionError
 from diffgen.generate import class_index, fit_batch_size, iter_images
 from diffgen.images import open_image
 from diffgen.models import default_model, open_model
-from diffgen.samplers import Sampler, Spacing
+from diffgen.samplers import Sampler, Spacing, check_steps
 from diffgen.runtime import pick_device
-from diffgen.upscale import MAX_SAMPLES, Sampling, check_memory, upscale_image, upscale_tiled
+from diffgen.upscale import DETAIL, MAX_SAMPLES, Sampling, check_memory, upscale_image, upscale_tiled
 
 Model = str | Path | LoadedModel | None  # a --model value (None: the task's bundled default) or a loaded model
 Progress = Callable[[int, int], None]  # (done, total): images for generate, tiles for upscale
@@ -84,7 +85,7 @@ def generate(
     sampler = choice(Sampler, sampler, "--sampler")
     spacing = None if spacing is None else choice(Spacing, spacing, "--spacing")
     loaded = model_for(model, Task.GENERATE, device, precision)
-    check_steps(loaded, steps)
+    check_steps(steps, loaded.spec.num_timesteps)
     wanted = [classes] if isinstance(classes, (str, int)) else list(classes or ())
     cycle = [class_index(loaded.spec.class_names, str(c)) for c in wanted]
     batch, _ = fit_batch_size(loaded, batch_size, n, guided=guidance > 0 and bool(loaded.spec.class_names))
@@ -105,6 +106,7 @@ def upscale(
     steps: int = Sampling.steps,
     eta: float = Sampling.eta,
     samples: int = Sampling.samples,
+    detail: bool = False,
     seed: int = Sampling.seed,
     tile: int | None = None,
     device: str = "auto",
@@ -116,8 +118,9 @@ def upscale(
     A PIL image comes back as a PIL image of the same kind (grey, alpha, 16-bit); an image file's name is
     opened as the command opens it (upright by its EXIF orientation), and gives the pixels the command
     writes. A tensor, (3, h, w) or (B, 3, h, w) in [-1, 1], comes back as one of (…, 3, s·h, s·w) in
-    [-1, 1], computed as an image is, to 16-bit precision. `scale`, if given, must be the model's."""
-    sampling = upscale_sampling(steps=steps, eta=eta, samples=samples, seed=seed)
+    [-1, 1], computed as an image is, to 16-bit precision. `scale`, if given, must be the model's. `detail`
+    samples texture instead of the most faithful average (`upscale --detail`)."""
+    sampling = upscale_sampling(steps=steps, eta=eta, samples=samples, seed=seed, detail=detail)
     check_tile(tile)
     loaded = model_for(model, Task.UPSCALE, device, precision)
     check_upscaler(loaded, sampling, scale=scale)
@@ -174,13 +177,12 @@ def check_generate_options(*, n: int, steps: int, batch_size: int, guidance: flo
         raise OptionError(f"--start {start}: must be 0 or more")
 
 
-def check_steps(loaded: LoadedModel, steps: int) -> None:
-    if steps > loaded.spec.num_timesteps:
-        raise OptionError(f"--steps {steps}: this model has {loaded.spec.num_timesteps} timesteps; use at most that")
-
-
-def upscale_sampling(*, steps: int, eta: float, samples: int, seed: int) -> Sampling:
-    """The sampling options of upscale and eval-upscale, checked."""
+def upscale_sampling(*, steps: int, eta: float, samples: int, seed: int, detail: bool = False) -> Sampling:
+    """The sampling options of upscale and eval-upscale, checked; `detail` (--detail) stands for `DETAIL`'s."""
+    if detail:
+        if (steps, eta, samples) != (Sampling.steps, Sampling.eta, Sampling.samples):
+            raise OptionError("--detail sets --steps, --eta and --samples; give either --detail or those")
+        return replace(DETAIL, seed=seed)
     check_positive("--steps", steps)
     if not 0 <= eta <= 1:
         raise OptionError(f"--eta {eta}: must be between 0 and 1")
@@ -199,4 +201,4 @@ def check_upscaler(loaded: LoadedModel, sampling: Sampling, *, scale: int | None
     if scale is not None and scale != loaded.spec.scale:
         raise OptionError(f"--scale {scale}: this model upscales x{loaded.spec.scale}; pass --scale {loaded.spec.scale} "
                           "or another --model")
-    check_steps(loaded, sampling.steps)
+    check_steps(sampling.steps, loaded.spec.num_timesteps)

@@ -17,7 +17,8 @@ from torch import Tensor
 from diffgen.checkpoint import ModelSpec
 from diffgen.config import TrainConfig
 from diffgen.data import Dataset, DataOrder, FileImages, collate_crops, shrunk_crop
-from diffgen.enums import Task
+from diffgen.degrade import degrade, draw_chain
+from diffgen.enums import Degrade, Task
 from diffgen.errors import DataError
 from diffgen.images import to_model_range
 from diffgen.runtime import Ranks
@@ -112,7 +113,11 @@ def make_inputs(crops: Tensor, labels: Tensor, g: torch.Generator, spec: ModelSp
         # input is rounded to 8 bits like a real file's, and the residual is taken over its upsampling.
         if cfg.flip:
             hr = random_dihedral(hr, torch.randint(8, (micro,), generator=g)[s])
-        lr = quantize(downsample(hr, spec.scale))
+        if cfg.degrade is Degrade.REAL:  # drawn only then, so that clean runs keep their random stream
+            lr_size = (hr.shape[-2] // spec.scale, hr.shape[-1] // spec.scale)
+            lr = degrade(hr, spec.scale, draw_chain(micro, hr.shape[1], lr_size, g)[s])
+        else:
+            lr = quantize(downsample(hr, spec.scale))
         return (hr - upsample(lr, spec.scale)) * spec.residual_scale, None, lr
     if cfg.flip:
         hr = random_flip(hr, flip)

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from diffgen.enums import Crop, Precision, Prediction, ScheduleKind, Task
+from diffgen.enums import Crop, Degrade, Precision, Prediction, ScheduleKind, Task
 from diffgen.errors import OptionError
 
 NO_VALUE = object()  # no task-specific default
@@ -135,6 +135,9 @@ class TrainConfig:
         1.0, "Upscaling: cut each crop as if its photo were shrunk by a random factor between this and 1, for more "
         "varied detail; 1 turns it off.", check=Range(0, 1, low_open=True, note="; 1 turns it off"),
         upscale_only="generation resizes every image to one size")
+    degrade: Degrade = setting(
+        Degrade.NONE, "Upscaling: 'real' trains on inputs with random blur, noise and JPEG, so real photos upscale "
+        "cleanly; 'none' on clean bicubic ones.", upscale_only="it degrades the low-resolution input")
     label_dropout: float = setting(0.1, "Share of images trained without their class, so that generate --guidance "
                                    "works (label dropout).", check=Range(0, 1, high_open=True))
     seed: int = setting(0, "Seed of weights, data order and noise.")

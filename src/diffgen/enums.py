@@ -25,6 +25,13 @@ class Crop(str, Enum):
     RANDOM = "random"
 
 
+class Degrade(str, Enum):
+    """What training does to an upscaler's low-resolution inputs (degrade.py)."""
+
+    NONE = "none"  # clean bicubic downsamplings
+    REAL = "real"  # random blur, resizing, noise and JPEG, as real photos have
+
+
 class ScheduleKind(str, Enum):
     """The noise schedule (schedule.py)."""
 

@@ -4,17 +4,23 @@ The convention (SRCNN, Dong et al. 2014; EDSR, Lim et al. 2017; and the MATLAB s
 
 - The HR image is cropped, top-left anchored, to a multiple of the scale.
 - LR is PIL's antialiased bicubic downsampling of that HR; the baseline is PIL's bicubic upsampling
-  of LR back to HR size.
+  of LR back to HR size. For real-world inputs the LR may then be degraded (saved as a JPEG, or given
+  noise: `degrade.Condition`) before both the baseline and the model upscale it.
 - PSNR and SSIM are measured on the Y channel of ITU-R BT.601 YCbCr as MATLAB's `rgb2ycbcr` defines
   it (Y in [16, 235], not rounded), with `scale` pixels cropped from every side, data range 255.
 - SSIM is Wang et al. 2004: an 11x11 Gaussian window with sigma 1.5, K1 = 0.01, K2 = 0.03, 'valid'
   filtering (no padding), averaged over the map.
 - PSNR is capped at 100 dB (`PSNR_CAP`): a perfect match would be infinite and make every mean infinite.
+
+PSNR rewards the average of all plausible details, which is smooth. `Scores.detail` says how much fine
+detail an output has: its Y channel's power above half the Nyquist frequency (Hann-windowed, same border
+crop) as a share of the original's. Bicubic upsampling scores far below 1, the original 1.
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +29,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
+from diffgen.degrade import Condition
 from diffgen.errors import DiffgenError, ImageError
 from diffgen.events import Advance
 from diffgen.images import open_image, to_mode
@@ -100,6 +107,7 @@ def bicubic_upscale(lr: Image.Image, scale: int) -> Image.Image:
 class Scores:
     psnr: float  # dB on Y, border cropped
     ssim: float  # on Y, border cropped
+    detail: float  # high-frequency power of Y over the original's
 
 
 def score(sr: Image.Image, hr: Image.Image, scale: int) -> Scores:
@@ -108,7 +116,17 @@ def score(sr: Image.Image, hr: Image.Image, scale: int) -> Scores:
         raise ValueError(f"cannot score a {sr.size[0]}x{sr.size[1]} output against a {hr.size[0]}x{hr.size[1]} image")
     b = scale
     y_sr, y_hr = rgb_to_y(sr)[b:-b, b:-b], rgb_to_y(hr)[b:-b, b:-b]
-    return Scores(psnr(y_sr, y_hr), ssim(y_sr, y_hr))
+    return Scores(psnr(y_sr, y_hr), ssim(y_sr, y_hr), high_frequency_power(y_sr) / max(high_frequency_power(y_hr), 1e-12))
+
+
+def high_frequency_power(y: np.ndarray) -> float:
+    """Mean power of a (H, W) array's spectrum above half the Nyquist frequency along either axis, after
+    a Hann window (so the image's edges do not leak into every frequency)."""
+    h, w = y.shape
+    window = np.outer(np.hanning(h), np.hanning(w))
+    power = np.abs(np.fft.fft2((y - y.mean()) * window)) ** 2
+    fy, fx = np.abs(np.fft.fftfreq(h))[:, None], np.abs(np.fft.fftfreq(w))[None, :]
+    return float(power[(fy > 0.25) | (fx > 0.25)].mean())
 
 
 @dataclass(frozen=True)
@@ -125,15 +143,17 @@ def evaluate(
     scale: int,
     callback: Advance | None = None,
     on_error: Callable[[DiffgenError], None] | None = None,
+    condition: Condition = Condition("clean"),
 ) -> list[EvalRow]:
-    """Score `upscale` and the bicubic baseline on LR versions of the given ground-truth images.
+    """Score `upscale` and the bicubic baseline on LR versions of the given ground-truth images, each
+    degraded by `condition` (e.g. saved as a JPEG) before both upscale it.
 
     A file that cannot be scored raises, or with `on_error` is passed to it and left out of the rows.
     """
     rows = []
     for i, path in enumerate(hr_paths):
         try:
-            rows.append(evaluate_one(upscale, path, scale))
+            rows.append(evaluate_one(upscale, path, scale, condition))
         except DiffgenError as e:
             if on_error is None:
                 raise
@@ -143,13 +163,14 @@ def evaluate(
     return rows
 
 
-def evaluate_one(upscale: Callable[[Image.Image], Image.Image], path: Path, scale: int) -> EvalRow:
+def evaluate_one(upscale: Callable[[Image.Image], Image.Image], path: Path, scale: int,
+                 condition: Condition = Condition("clean")) -> EvalRow:
     hr = crop_to_multiple(to_mode(open_image(path), 3), scale)  # RGB; 16-bit grey scaled, not clipped
     smallest = SSIM_WINDOW + 2 * scale  # an SSIM window must fit inside the cropped border
     if min(hr.size) < smallest:
         raise ImageError(f"{path}: {hr.width}x{hr.height} is too small to score at x{scale}; "
                          f"use images of at least {smallest}x{smallest} pixels")
-    lr = make_lowres(hr, scale)
+    lr = condition.apply(make_lowres(hr, scale), seed=zlib.crc32(Path(path).name.encode()))
     start = time.perf_counter()
     sr = upscale(lr)
     seconds = time.perf_counter() - start
@@ -157,7 +178,7 @@ def evaluate_one(upscale: Callable[[Image.Image], Image.Image], path: Path, scal
 
 
 def mean_scores(scores: list[Scores]) -> Scores:
-    return Scores(float(np.mean([s.psnr for s in scores])), float(np.mean([s.ssim for s in scores])))
+    return Scores(*(float(np.mean([getattr(s, f) for s in scores])) for f in ("psnr", "ssim", "detail")))
 
 
 def mean_row(rows: list[EvalRow]) -> EvalRow:

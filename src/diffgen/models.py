@@ -1,9 +1,13 @@
 """Finding a model: a bundled name, a `.safetensors` file, a training run folder, a Hub repo id or a diffusers
-pipeline (a folder or repo with model_index.json, see diffusers_models/)."""
+pipeline (a folder or repo with model_index.json, see diffusers_models/); and two models blended into one."""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from diffgen import diffusers_models
 from diffgen.checkpoint import LoadedModel, Task, load_model
@@ -60,3 +64,24 @@ def open_model(model: str | None, task: Task | None, device: str = "cpu") -> Loa
 def bundled_models() -> list[tuple[str, Path]]:
     """The bundled models that are present, with their files."""
     return [(name, weights_dir() / file) for name, (file, _) in BUNDLED.items() if (weights_dir() / file).is_file()]
+
+
+def blend(gentle: LoadedModel, strong: LoadedModel, strength: float) -> LoadedModel:
+    """A model between two fine-tunes of one network: weights (1 - strength) * gentle + strength * strong.
+
+    Network interpolation (Wang et al. 2018, ESRGAN section 3.4; realesr-general-x4v3's `-dn`): two models
+    fine-tuned from the same start lie in one basin, so their blend behaves in between, e.g. between an
+    upscaler trained on clean inputs (0: keeps faint texture) and one trained on noisy JPEGs (1: removes
+    noise and blocks). Only models that compute the same thing in the same way can be blended.
+    """
+    a, b = gentle.spec, strong.spec
+    same = ("unet", "task", "scale", "channels", "schedule", "num_timesteps", "prediction", "residual_scale")
+    differ = [name for name in same if getattr(a, name) != getattr(b, name)]
+    if differ:
+        raise CheckpointError(f"{gentle.path} and {strong.path}: cannot be blended, their {', '.join(differ)} differ; "
+                              "blend two fine-tunes of one model")
+    model = copy.deepcopy(strong.model)
+    with torch.no_grad():
+        for p, p_gentle in zip(model.parameters(), gentle.model.parameters()):
+            p.lerp_(p_gentle.to(p.dtype), 1 - strength)
+    return replace(strong, model=model)

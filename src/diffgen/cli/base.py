@@ -164,15 +164,6 @@ def main_options(
     DEBUG["on"] = debug
 
 
-
-def check_positive(name: str, value: int | None) -> None:
-    from diffgen.errors import OptionError  # noqa: PLC0415
-
-    if value is not None and value < 1:
-        raise OptionError(f"{name} {value}: must be at least 1")
-
-
-
 class Stopped(KeyboardInterrupt):  # no `except Exception` swallows it; the core stops on it as on Ctrl-C
     """SIGINT or SIGTERM during a batch: stop at once; an atomic write in progress removes its temporary file."""
 
@@ -200,6 +191,31 @@ def stop_on_signals():
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def stop_between_frames():
+    """During a video: the first SIGINT or SIGTERM asks to stop after the current frame (the list it yields then
+    holds the signal's number), so that the frames done are kept; a second stops at once."""
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    asked: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield asked
+        return
+
+    def ask(signum, frame):
+        if asked:
+            raise Stopped(signum)
+        asked.append(signum)
+
+    previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield asked
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from diffgen.cli.base import (
-    DEVICE_HELP, MODEL_HELP, PRECISION_HELP, PlainCommand, app, check_positive, console_err, freeze_imports, labelled, printable,
+    DEVICE_HELP, MODEL_HELP, PRECISION_HELP, PlainCommand, app, console_err, freeze_imports, labelled, printable,
     run_command, stop_on_signals,
 )
 from diffgen.cli.output import ItemBar, report_done
@@ -47,8 +47,8 @@ def generate(
       diffgen generate --model runs/digits --class 7 --n 8 --out sevens/ --grid sevens.png
       diffgen generate --start 5 --n 1 --seed 0
     """
+    from diffgen.api import check_generate_options  # noqa: PLC0415
     from diffgen.checkpoint import Task, with_precision  # noqa: PLC0415
-    from diffgen.errors import OptionError  # noqa: PLC0415
     from diffgen.generate import Outputs, Recipe, check_outputs, class_index, first_index, fit_batch_size  # noqa: PLC0415
     from diffgen.images import SUFFIX_OF, format_of  # noqa: PLC0415
     from diffgen.models import open_model  # noqa: PLC0415
@@ -56,11 +56,7 @@ def generate(
     from diffgen.samplers import check_steps  # noqa: PLC0415
 
     freeze_imports()
-    check_positive("--n", n)
-    check_positive("--steps", steps)
-    check_positive("--batch-size", batch_size)
-    if guidance < 0:
-        raise OptionError(f"--guidance {guidance}: must be 0 or more")
+    check_generate_options(n=n, steps=steps, batch_size=batch_size, guidance=guidance, start=start or 0)
     loaded = with_precision(open_model(model, Task.GENERATE, pick_device(device)), precision)
     check_steps(steps, loaded.spec.num_timesteps)
     classes = tuple(class_index(loaded.spec.class_names, c) for c in class_ or ())

@@ -153,6 +153,10 @@ class UpscaleBars:
     def tiles(self, done: int, total: int) -> None:
         self.bar.update(self.tile_task, completed=done, total=total)
 
+    def frames(self, p) -> None:
+        """A video's progress (`video.job.VideoProgress`): frames done, of how many when known, frames per second."""
+        self.bar.update(self.tile_task, completed=p.done, total=p.total, description=f"frames, {p.fps:.2f} per second")
+
     def print(self, message: str | Text) -> None:
         console_err.print(printable(message) if isinstance(message, str) else message, highlight=False, soft_wrap=True)
 

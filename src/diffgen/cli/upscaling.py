@@ -1,4 +1,4 @@
-"""`diffgen upscale` and `diffgen eval-upscale`: photos made larger, file by file, and scored."""
+"""`diffgen upscale` and `diffgen eval-upscale`: photos and videos made larger, file by file, and scored."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ from typing import Annotated, Optional
 import typer
 
 from diffgen.cli.base import (
-    DEVICE_HELP, ETA_HELP, MODEL_HELP, PRECISION_HELP, SAMPLES_HELP, PlainCommand, Stopped, app, check_positive, console_err, fail,
-    freeze_imports, labelled, run_command, stop_on_signals,
+    DEVICE_HELP, ETA_HELP, MODEL_HELP, PRECISION_HELP, SAMPLES_HELP, PlainCommand, Stopped, app, console_err, fail,
+    freeze_imports, labelled, run_command, stop_between_frames, stop_on_signals,
 )
 from diffgen.cli.output import ItemBar, UpscaleBars, device_of, print_table, report_done
 from diffgen.enums import ImageFormat, Precision
 from diffgen.text import count_of
+from diffgen.video import Codec  # no torch, no PyAV: --help stays fast
+
+STEPS_HELP = "Denoising steps: 1 is the most faithful (highest PSNR); more add sampled texture."
 
 
 @app.command(cls=PlainCommand)
@@ -30,38 +33,55 @@ def upscale(
     recursive: Annotated[bool, typer.Option("--recursive", help="Descend into sub-folders of folder inputs.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output exists and is complete.")] = False,
-    steps: Annotated[int, typer.Option(help="Denoising steps: 1 is the most faithful (highest PSNR); more add sampled texture.")] = 1,
+    steps: Annotated[int, typer.Option(help=STEPS_HELP)] = 1,
     eta: Annotated[float, typer.Option(help=ETA_HELP)] = 0.0,
     samples: Annotated[int, typer.Option(help=SAMPLES_HELP)] = 2,
+    detail: Annotated[bool, typer.Option("--detail", help="Sampled texture (fur, foliage, grain) instead of the most faithful average: --steps 20 --eta 1 --samples 1, slower and a little less faithful.")] = False,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    width: Annotated[Optional[int], typer.Option(help="Final width in pixels (the height follows the aspect): the model's output resized (Lanczos).", show_default="the model's factor")] = None,
+    height: Annotated[Optional[int], typer.Option(help="Final height in pixels (the width follows the aspect).", show_default="the model's factor")] = None,
     tile: Annotated[Optional[int], typer.Option(help="Side of the pieces the image is upscaled in, in input pixels: smaller uses less memory.", show_default="automatic")] = None,
     precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.AUTO,
     device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
+    codec: Annotated[Optional[Codec], typer.Option(case_sensitive=False, help="Video codec.", show_default="h264; vp9 for .webm")] = None,
+    crf: Annotated[Optional[int], typer.Option(help="Video quality: lower is better and larger, 0 is lossless.", show_default="visually lossless: 18 for h264 and vp9, 22 for h265")] = None,
+    pix_fmt: Annotated[str, typer.Option(help="Video pixel format: yuv420p plays everywhere, yuv444p keeps full colour detail, yuv420p10le has 10 bits.")] = "yuv420p",
+    keep_partial: Annotated[bool, typer.Option("--keep-partial", help="When a video upscale is stopped, keep the frames done as a playable NAME.partial.EXT.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped video upscale from its last finished piece (120 frames).")] = False,
 ) -> None:
-    """Upscale images with a diffusion super-resolution model.
+    """Upscale images and videos with a diffusion super-resolution model.
+
+    Videos (mp4, mkv, webm, mov, avi, animated GIF and WebP) keep their sound, subtitles, timing and rotation;
+    they need `pip install "diffgen[video]"`.
 
     Examples:
       diffgen upscale low.png
       diffgen upscale photos/ --recursive --out big/ --format jpg
       diffgen upscale "scans/*.png" --skip-existing
+      diffgen upscale cat.jpg --detail --width 1920
+      diffgen upscale clip.mp4 --codec h265
     """
-    from diffgen.errors import OptionError  # noqa: PLC0415
+    from diffgen.api import upscale_sampling  # noqa: PLC0415
     from diffgen.checkpoint import with_precision as in_precision  # noqa: PLC0415
-    from diffgen.upscale import collect_inputs, memory_budget, plan_outputs  # noqa: PLC0415
+    from diffgen.errors import OptionError  # noqa: PLC0415
+    from diffgen.upscale import check_final_size, memory_budget  # noqa: PLC0415
+    from diffgen.upscale_plan import collect_inputs, plan_outputs  # noqa: PLC0415
 
     freeze_imports()
     if not 1 <= quality <= 100:
         raise OptionError(f"--quality {quality}: must be between 1 and 100")
     if overwrite and skip_existing:
         raise OptionError("--overwrite and --skip-existing: choose one")
-    sampling = upscale_sampling(steps=steps, eta=eta, samples=samples, seed=seed)
+    check_final_size(width, height)
+    sampling = upscale_sampling(steps=steps, eta=eta, samples=samples, seed=seed, detail=detail)
     loaded = in_precision(open_upscaler(model, device, sampling, tile=tile, scale=scale), precision)
     suffix = f"_x{loaded.spec.scale}" if suffix is None else suffix
     sources = collect_inputs(inputs, recursive=recursive, suffix=suffix)
     plan = plan_outputs(sources, out, suffix=suffix, fmt=format and format.value)
     memory_budget()  # a bad DIFFGEN_MEMORY_GB is one error now, not one per file
-    batch = UpscaleBatch(loaded, tile=tile, sampling=sampling, quality=quality, overwrite=overwrite,
-                         skip_existing=skip_existing)
+    batch = UpscaleBatch(loaded, tile=tile, sampling=sampling, quality=quality, width=width, height=height,
+                         overwrite=overwrite, skip_existing=skip_existing,
+                         video=dict(codec=codec, crf=crf, pix_fmt=pix_fmt, keep_partial=keep_partial, resume=resume))
     with UpscaleBars(len(plan)) as progress:
         try:
             with stop_on_signals():
@@ -70,8 +90,8 @@ def upscale(
                     batch.run(src, dst, progress)
                     progress.image_done()
         except Stopped as e:
-            raise fail(f"stopped by {e.name}: {batch.summary()}; rerun the same command with --skip-existing "
-                       "to continue", e.exit_code) from None
+            how = batch.stopped_video or "rerun the same command with --skip-existing to continue"
+            raise fail(f"stopped by {e.name}: {batch.summary()}; {how}", e.exit_code) from None
     if batch.counts["failed"]:
         raise fail(batch.summary())
     report_done(batch.summary())
@@ -80,18 +100,23 @@ def upscale(
 class UpscaleBatch:
     """Upscale a batch file by file: a bad file is reported and counted, and the batch goes on."""
 
-    def __init__(self, loaded, *, skip_existing: bool, overwrite: bool, **settings):
+    def __init__(self, loaded, *, skip_existing: bool, overwrite: bool, video: dict, **settings):
         self.loaded, self.skip_existing, self.overwrite, self.settings = loaded, skip_existing, overwrite, settings
+        self.video = video  # the video options: codec, crf, pix_fmt, keep_partial, resume
         self.counts = Counter()
+        self.stopped_video = None  # how to continue a video upscale stopped between frames
+        self.has_video = False
 
     def run(self, src: Path, dst: Path, progress: UpscaleBars) -> None:
         from diffgen.errors import DiffgenError  # noqa: PLC0415
-        from diffgen.images import is_complete_image  # noqa: PLC0415
         from diffgen.upscale import upscale_file  # noqa: PLC0415
+        from diffgen.video import is_video  # noqa: PLC0415
 
+        video = is_video(src)
+        self.has_video |= video
         overwrite = self.overwrite
         if self.skip_existing and dst.exists():
-            if is_complete_image(dst):
+            if is_complete_output(dst, video):
                 self.counts["skipped"] += 1
                 return
             progress.print(labelled("note:", "yellow", f"{dst}: incomplete or corrupt; upscaling {src} again"))
@@ -102,7 +127,10 @@ class UpscaleBatch:
                                                      "--overwrite to replace it, or choose another --out"))
             return
         try:
-            result = upscale_file(self.loaded, src, dst, overwrite=overwrite, callback=progress.tiles, **self.settings)
+            if video:
+                result = self.run_video(src, dst, overwrite, progress)
+            else:
+                result = upscale_file(self.loaded, src, dst, overwrite=overwrite, callback=progress.tiles, **self.settings)
         except DiffgenError as e:
             self.counts["failed"] += 1
             progress.print(labelled("error:", "red", str(e)))
@@ -111,10 +139,36 @@ class UpscaleBatch:
         note = f" ({result.note})" if result.note else ""
         progress.print(f"{src} -> {dst} ({result.size[0]}x{result.size[1]}){note}")
 
+    def run_video(self, src: Path, dst: Path, overwrite: bool, progress: UpscaleBars):
+        """Upscale one video; a first SIGINT or SIGTERM stops it cleanly after the current frame."""
+        from diffgen.errors import OptionError  # noqa: PLC0415
+        from diffgen.video.job import upscale_video  # noqa: PLC0415
+
+        if self.settings["width"] is not None or self.settings["height"] is not None:
+            raise OptionError(f"{src}: --width and --height are for images; a video is upscaled by the model's factor")
+        with stop_between_frames() as asked:
+            result = upscale_video(src, dst, self.loaded, tile=self.settings["tile"], sampling=self.settings["sampling"],
+                                   overwrite=overwrite, on_progress=progress.frames, stop=lambda: bool(asked),
+                                   **self.video)
+        if result.stopped:
+            kept = f"; the frames done are in {result.partial}" if result.partial else ""
+            self.stopped_video = (f"{src} stopped after {count_of(result.frames, 'frame')}{kept}; rerun the same "
+                                  "command with --resume to continue it")
+            raise Stopped(asked[0])
+        return result
+
     def summary(self) -> str:
         c = self.counts
-        return (f"{count_of(c['upscaled'], 'image')} upscaled on {device_of(self.loaded)}, {c['skipped']} skipped, "
+        noun = "file" if self.has_video else "image"  # a video is not an image
+        return (f"{count_of(c['upscaled'], noun)} upscaled on {device_of(self.loaded)}, {c['skipped']} skipped, "
                 f"{c['failed']} failed")
+
+
+def is_complete_output(dst: Path, video: bool) -> bool:
+    from diffgen.images import is_complete_image  # noqa: PLC0415
+    from diffgen.video.streams import is_complete_video  # noqa: PLC0415
+
+    return is_complete_video(dst) if video else is_complete_image(dst)
 
 
 @app.command("eval-upscale", cls=PlainCommand)
@@ -122,11 +176,12 @@ class UpscaleBatch:
 def eval_upscale(
     hr_dir: Annotated[Path, typer.Argument(help="Folder of high-resolution images to score against.", metavar="FOLDER")],
     model: Annotated[Optional[str], typer.Option(help=MODEL_HELP, metavar="MODEL", show_default="upscale-x4")] = None,
-    steps: Annotated[int, typer.Option(help="Denoising steps: 1 is the most faithful (highest PSNR); more add sampled texture.")] = 1,
+    steps: Annotated[int, typer.Option(help=STEPS_HELP)] = 1,
     eta: Annotated[float, typer.Option(help=ETA_HELP)] = 0.0,
     samples: Annotated[int, typer.Option(help=SAMPLES_HELP)] = 2,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     tile: Annotated[Optional[int], typer.Option(help="Side of the pieces the image is upscaled in, in input pixels: smaller uses less memory.", show_default="automatic")] = None,
+    degrade: Annotated[str, typer.Option(metavar="CONDITION", help="What happens to each shrunk image before it is upscaled: clean, jpeg:QUALITY (saved as a JPEG, e.g. jpeg:75) or noise:SIGMA (Gaussian noise in 8-bit levels, e.g. noise:5).")] = "clean",
     precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.AUTO,
     device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
 ) -> None:
@@ -138,8 +193,12 @@ def eval_upscale(
     Examples:
       diffgen eval-upscale data/heldout
       diffgen eval-upscale photos/ --model runs/sr --steps 10
+      diffgen eval-upscale data/heldout --degrade jpeg:75
     """
     from rich.table import Table  # noqa: PLC0415
+
+    from diffgen.api import upscale_sampling  # noqa: PLC0415
+    from diffgen.degrade import parse_condition  # noqa: PLC0415
 
     from diffgen.data import find_images  # noqa: PLC0415
     from diffgen.metrics import PSNR_CAP, evaluate, mean_row  # noqa: PLC0415
@@ -147,19 +206,20 @@ def eval_upscale(
     from diffgen.upscale import upscale_image  # noqa: PLC0415
 
     freeze_imports()
+    condition = parse_condition(degrade)
     sampling = upscale_sampling(steps=steps, eta=eta, samples=samples, seed=seed)
     loaded = in_precision(open_upscaler(model, device, sampling, tile=tile), precision)
     files, _, _ = find_images(hr_dir)
     failures = []
     with ItemBar("scoring", len(files)) as advance:
         rows = evaluate(lambda lr: upscale_image(loaded, lr, tile=tile, sampling=sampling)[0],
-                        files, loaded.spec.scale, callback=advance, on_error=failures.append)
+                        files, loaded.spec.scale, callback=advance, on_error=failures.append, condition=condition)
     for e in failures:
         console_err.print(labelled("error:", "red", str(e)), highlight=False, soft_wrap=True)
     if rows:
         table = Table(title=f"x{loaded.spec.scale} on {hr_dir} ({count_of(len(rows), 'image')}), on {device_of(loaded)}: "
                             f"PSNR (dB, at most {PSNR_CAP:.0f}) and SSIM on Y, {count_of(steps, 'step')}, η = {eta}, "
-                            f"{count_of(samples, 'sample')}, {loaded.precision}")
+                            f"{count_of(samples, 'sample')}, {loaded.precision}; inputs {condition}")
         for col in ("image", "bicubic PSNR", "diffgen PSNR", "gain", "bicubic SSIM", "diffgen SSIM", "seconds"):
             table.add_column(col, justify="left" if col == "image" else "right", no_wrap=True)
         for row in rows + [mean_row(rows)]:
@@ -171,33 +231,14 @@ def eval_upscale(
                    f"{'it' if len(failures) == 1 else 'them'} out")
 
 
-
-def upscale_sampling(*, steps: int, eta: float, samples: int, seed: int):
-    """Check the sampling options of upscale and eval-upscale."""
-    from diffgen.errors import OptionError  # noqa: PLC0415
-    from diffgen.upscale import MAX_SAMPLES, Sampling  # noqa: PLC0415
-
-    check_positive("--steps", steps)
-    if not 0 <= eta <= 1:
-        raise OptionError(f"--eta {eta}: must be between 0 and 1")
-    if not 1 <= samples <= MAX_SAMPLES:
-        raise OptionError(f"--samples {samples}: must be between 1 and {MAX_SAMPLES} (one per flip and turn)")
-    return Sampling(steps=steps, eta=eta, samples=samples, seed=seed)
-
-
 def open_upscaler(model: str | None, device: str, sampling, *, tile: int | None, scale: int | None = None):
     """Load an upscaling model and check the sampling options against it."""
+    from diffgen.api import check_tile, check_upscaler  # noqa: PLC0415
     from diffgen.checkpoint import Task  # noqa: PLC0415
-    from diffgen.errors import OptionError  # noqa: PLC0415
     from diffgen.models import open_model  # noqa: PLC0415
     from diffgen.runtime import pick_device  # noqa: PLC0415
-    from diffgen.samplers import check_steps  # noqa: PLC0415
 
-    if tile is not None and tile < 32:
-        raise OptionError(f"--tile {tile}: must be at least 32")
+    check_tile(tile)
     loaded = open_model(model, Task.UPSCALE, pick_device(device))
-    if scale is not None and scale != loaded.spec.scale:
-        raise OptionError(f"--scale {scale}: this model upscales x{loaded.spec.scale}; pass --scale {loaded.spec.scale} or another --model")
-    check_steps(sampling.steps, loaded.spec.num_timesteps)
+    check_upscaler(loaded, sampling, scale=scale)
     return loaded
-

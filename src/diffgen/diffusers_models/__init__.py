@@ -21,6 +21,7 @@ from pathlib import Path
 
 from diffgen import hub
 from diffgen.errors import CheckpointError
+from diffgen.runs import MODEL
 from diffgen.schedule import Prediction
 
 PIPELINE_FILE = "model_index.json"
@@ -77,7 +78,7 @@ def hub_pipeline(repo_id: str, revision: str | None) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        cached = try_to_load_from_cache(repo_id, hub.MODEL_FILE, cache_dir=hub.hub_cache(), revision=revision)
+        cached = try_to_load_from_cache(repo_id, MODEL, cache_dir=hub.hub_cache(), revision=revision)
     except (OSError, UnicodeDecodeError):  # a damaged cache: said by the download below
         cached = None
     if isinstance(cached, str):

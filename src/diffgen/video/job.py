@@ -45,6 +45,7 @@ from diffgen.video import (
     partial_name,
     require_av,
 )
+from diffgen.video.joining import join
 from diffgen.video.streams import (
     CORRUPT_FIX,
     Encoding,
@@ -53,7 +54,6 @@ from diffgen.video.streams import (
     SegmentWriter,
     check_writable,
     chroma_multiple,
-    join,
     open_source,
 )
 
