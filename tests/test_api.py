@@ -137,3 +137,17 @@ def test_defaults_are_the_commands():
             if name in options and name not in skip | {"model"}:
                 default = options[name].default
                 assert param.default == getattr(default, "value", default), name
+
+
+def test_denoise_blends_the_bundled_upscaler_with_its_clean_partner(model_file, tmp_path):
+    from diffgen.api import upscaler_for
+
+    real, clean = (load_model(name, precision="fp32").model.state_dict() for name in ("upscale-x4", "upscale-x4-clean"))
+    for strength, expected in ((0.0, clean), (1.0, real), (0.25, {k: 0.75 * clean[k] + 0.25 * real[k] for k in real})):
+        blended = upscaler_for(None, strength, "cpu", "fp32").model.state_dict()
+        assert all(torch.allclose(blended[k], expected[k], atol=1e-6) for k in real), strength
+    with pytest.raises(OptionError, match="--denoise 1.5: must be between 0 and 1"):
+        upscaler_for("upscale-x4", 1.5, "cpu", "fp32")
+    smooth_image(16, 16).save(tmp_path / "in.png")
+    r = invoke("upscale", tmp_path / "in.png", "--model", model_file, "--denoise", 0.5)
+    assert r.exit_code == 2 and "--denoise: only for the bundled upscale-x4" in r.output

@@ -31,7 +31,7 @@ from diffgen.checkpoint import LoadedModel, Task, with_precision, wrong_task
 from diffgen.errors import OptionError
 from diffgen.generate import class_index, fit_batch_size, iter_images
 from diffgen.images import open_image
-from diffgen.models import default_model, open_model
+from diffgen.models import DEFAULT_DENOISE, DENOISE_PARTNERS, blend, default_model, open_model
 from diffgen.samplers import Sampler, Spacing, check_steps
 from diffgen.runtime import pick_device
 from diffgen.upscale import DETAIL, MAX_SAMPLES, Sampling, check_memory, upscale_image, upscale_tiled
@@ -60,6 +60,23 @@ def model_for(model: Model, task: Task, device: str, precision: str) -> LoadedMo
     if model.spec.task is not task:
         raise wrong_task(str(model.path), model.spec, task)
     return model
+
+
+def upscaler_for(model: Model, denoise: float | None, device: str, precision: str) -> LoadedModel:
+    """The upscaler a `model` argument names; `denoise` (0 to 1) blends the bundled real-world upscaler with the
+    clean one it was fine-tuned from (`models.DENOISE_PARTNERS`): lower keeps more faint texture, and noise."""
+    name = default_model(Task.UPSCALE) if model is None else model
+    blendable = isinstance(name, str) and name in DENOISE_PARTNERS
+    if denoise is None or (blendable and denoise == DEFAULT_DENOISE):
+        return model_for(model, Task.UPSCALE, device, precision)
+    if not 0 <= denoise <= 1:
+        raise OptionError(f"--denoise {denoise}: must be between 0 and 1")
+    if not blendable:
+        named = name if isinstance(name, (str, Path)) else name.path
+        raise OptionError(f"--denoise: only for the bundled {', '.join(DENOISE_PARTNERS)}, whose clean partner it "
+                          f"blends in; leave it out with --model {named}")
+    strong, gentle = (load_model(m, Task.UPSCALE, device=device, precision="fp32") for m in (name, DENOISE_PARTNERS[name]))
+    return with_precision(blend(gentle, strong, denoise), precision)
 
 
 def generate(
@@ -107,6 +124,7 @@ def upscale(
     eta: float = Sampling.eta,
     samples: int = Sampling.samples,
     detail: bool = False,
+    denoise: float | None = None,
     seed: int = Sampling.seed,
     tile: int | None = None,
     device: str = "auto",
@@ -119,10 +137,11 @@ def upscale(
     opened as the command opens it (upright by its EXIF orientation), and gives the pixels the command
     writes. A tensor, (3, h, w) or (B, 3, h, w) in [-1, 1], comes back as one of (…, 3, s·h, s·w) in
     [-1, 1], computed as an image is, to 16-bit precision. `scale`, if given, must be the model's. `detail`
-    samples texture instead of the most faithful average (`upscale --detail`)."""
+    samples texture instead of the most faithful average (`upscale --detail`); `denoise` is `upscale --denoise`
+    (see `upscaler_for`)."""
     sampling = upscale_sampling(steps=steps, eta=eta, samples=samples, seed=seed, detail=detail)
     check_tile(tile)
-    loaded = model_for(model, Task.UPSCALE, device, precision)
+    loaded = upscaler_for(model, denoise, device, precision)
     check_upscaler(loaded, sampling, scale=scale)
     if isinstance(image, Tensor):
         return upscale_tensors(loaded, image, tile=tile, sampling=sampling, callback=callback)

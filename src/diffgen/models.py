@@ -20,8 +20,16 @@ from diffgen.runs import find_model
 BUNDLED = {
     "digits": ("digits.safetensors", Task.GENERATE),
     "emoji": ("emoji.safetensors", Task.GENERATE),
-    "upscale-x4": ("upscale-x4.safetensors", Task.UPSCALE),
+    "upscale-x4": ("upscale-x4.safetensors", Task.UPSCALE),  # trained on degraded inputs: JPEG, noise, blur
+    "upscale-x4-clean": ("upscale-x4-clean.safetensors", Task.UPSCALE),  # on clean ones: best on clean PNG inputs
 }
+
+# `upscale --denoise`: a bundled real-world upscaler and the clean one it was fine-tuned from, which `blend`
+# mixes (0: the clean one, 1: the real-world one). The default keeps the real-world one: it has the best mean
+# gain over clean, JPEG and noisy inputs of the strengths 0, 0.25, ..., 1 on crops of training photos
+# (benchmarks/upscale_denoise.py; docs/upscale.md).
+DENOISE_PARTNERS = {"upscale-x4": "upscale-x4-clean"}
+DEFAULT_DENOISE = 1.0
 
 
 def weights_dir() -> Path:

@@ -76,7 +76,8 @@ OWNS_PROCESS = {"on": False}  # set by main(): diffgen is the program, not a lib
 
 PRECISION_HELP = ("Number format: auto uses bfloat16 (bf16) on CPUs that compute it natively, about 1.4-2x faster, "
                   "else float32 (fp32).")
-MODEL_HELP = "Bundled name, .safetensors file, run folder or Hugging Face Hub repo id (user/name, or user/name@revision)."
+MODEL_HELP = ("Bundled name, .safetensors file, run folder, diffusers pipeline folder or Hugging Face Hub repo id "
+              "(user/name, or user/name@revision).")
 ETA_HELP = "Fresh noise added at each step after the first (DDIM's η): 0 none, the same result every time; 1 the most."
 SAMPLES_HELP = "Upscales to average (1-8), each of another flip or turn of the input: higher PSNR, that many times the time."
 
