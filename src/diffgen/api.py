@@ -33,7 +33,7 @@ from diffgen.generate import class_index, fit_batch_size, iter_images
 from diffgen.images import open_image
 from diffgen.models import DEFAULT_DENOISE, DENOISE_PARTNERS, blend, default_model, open_model
 from diffgen.samplers import Sampler, Spacing, check_steps
-from diffgen.runtime import pick_device
+from diffgen.runtime import local_device
 from diffgen.upscale import DETAIL, MAX_SAMPLES, Sampling, check_memory, upscale_image, upscale_tiled
 
 Model = str | Path | LoadedModel | None  # a --model value (None: the task's bundled default) or a loaded model
@@ -50,7 +50,7 @@ def load_model(name_or_path: str | Path, task: Task | str | None = None, *, devi
     task = None if task is None else choice(Task, task, "task")
     if precision not in PRECISIONS:
         raise OptionError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
-    return with_precision(open_model(str(name_or_path), task, pick_device(device)), precision)
+    return with_precision(open_model(str(name_or_path), task, local_device(device)), precision)
 
 
 def model_for(model: Model, task: Task, device: str, precision: str) -> LoadedModel:

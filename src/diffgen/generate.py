@@ -12,7 +12,6 @@ import difflib
 import math
 import os
 import re
-import shlex
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from diffgen.errors import DiffgenError, ImageError, OptionError
 from diffgen.events import Advance
 from diffgen.images import FORMATS, make_folder, make_grid, max_pixels, save_image, tensor_to_pil
 from diffgen.memory import available_memory
-from diffgen.provenance import model_identity, origin
+from diffgen.recipe import Recipe
 from diffgen.samplers import Sampler, Spacing, randn_like, sample
 from diffgen.seeds import derived_seed
 from diffgen.text import size_text
@@ -46,6 +45,23 @@ class GenerationInterrupted(DiffgenError):
     """Generation stopped on Ctrl-C; the message says what was written and the command that continues."""
 
     exit_code = 130
+
+
+@dataclass(frozen=True)
+class Share:
+    """One process's share of a run under torchrun: every `world`-th batch, from batch `rank` on. A batch is
+    made of the same images as in one process, so each image is computed, byte for byte, as one process does."""
+
+    rank: int = 0
+    world: int = 1
+
+    def batches(self, start: int, n: int, batch_size: int) -> Iterator[list[int]]:
+        firsts = range(start, start + n, batch_size)
+        for first in firsts[self.rank :: self.world]:
+            yield list(range(first, min(start + n, first + batch_size)))
+
+    def size(self, start: int, n: int, batch_size: int) -> int:
+        return sum(map(len, self.batches(start, n, batch_size)))
 
 
 def image_seed(run_seed: int, index: int) -> int:
@@ -109,14 +125,15 @@ def iter_images(
     spacing: Spacing | None = None,
     guidance: float = 0.0,
     batch_size: int = 16,
+    share: Share = Share(),
 ) -> Iterator[list[Generated]]:
     """Sample images start .. start+n-1 one batch at a time, so a long run never holds more than a batch.
 
-    Classes cycle through `classes` (default: all of the model's classes) by image index."""
+    Classes cycle through `classes` (default: all of the model's classes) by image index. With a `share` of
+    a torchrun job, only that process's batches."""
     num_classes = len(loaded.spec.class_names)
     cycle = classes or list(range(num_classes))
-    for first in range(start, start + n, batch_size):
-        idx = list(range(first, min(start + n, first + batch_size)))
+    for idx in share.batches(start, n, batch_size):
         seeds = [image_seed(seed, i) for i in idx]
         labels = [cycle[i % len(cycle)] for i in idx] if num_classes else None
         batch = sample_batch(loaded, seeds, labels, steps=steps, sampler=sampler, spacing=spacing, guidance=guidance)
@@ -145,64 +162,6 @@ def generate_images(
         if callback:
             callback(len(results), n)
     return results
-
-
-# --- what makes a run, and the commands that replay it --------------------------------------------------
-
-@dataclass(frozen=True)
-class Recipe:
-    """Everything that decides a run's images, held as the options that replay it: `command(i, 1)` remakes
-    image i alone, pixel for pixel on the same kind of device."""
-
-    model: str  # a --model value naming exactly this file: bundled name, Hub repo at its commit, or path
-    identity: dict[str, str]  # what PNGs record about the model (see provenance.model_identity)
-    class_names: tuple[str, ...]  # the model's
-    seed: int = 0
-    steps: int = 10
-    sampler: Sampler = Sampler.UNIPC
-    spacing: Spacing | None = None
-    classes: tuple[int, ...] = ()  # the class cycle; () for all of the model's classes in turn
-    guidance: float = 0.0
-    precision: str = "fp32"  # as sampled: fp32 or bf16
-    device: str = "cpu"  # cpu or cuda: they round differently
-    fmt: str = "png"
-
-    @classmethod
-    def of(cls, loaded: LoadedModel, **settings) -> Recipe:
-        device = next(loaded.model.parameters()).device.type
-        return cls(model_option(loaded.path), model_identity(loaded.path), loaded.spec.class_names,
-                   precision=loaded.precision, device=device, **settings)
-
-    def sampling(self) -> dict:
-        """The keyword arguments of `iter_images` and `generate_images`."""
-        return {"classes": list(self.classes) or None, "seed": self.seed, "steps": self.steps,
-                "sampler": self.sampler, "spacing": self.spacing, "guidance": self.guidance}
-
-    def command(self, start: int, n: int, *extra: str) -> str:
-        """The shell command that makes images start .. start+n-1 of this run."""
-        args = ["diffgen", "generate", "--model", self.model, "--seed", str(self.seed), "--steps", str(self.steps),
-                "--sampler", self.sampler.value]
-        args += ["--spacing", self.spacing.value] if self.spacing else []
-        for c in self.classes:
-            args += ["--class", self.class_names[c]]
-        args += ["--guidance", str(self.guidance)] if self.guidance else []
-        args += ["--precision", self.precision, "--device", self.device]
-        args += ["--format", self.fmt] if self.fmt != "png" else []
-        return shlex.join([*args, "--start", str(start), "--n", str(n), *extra])
-
-    def text(self) -> dict[str, str]:
-        """The run's settings, as every image's PNG text records them."""
-        spacing = self.spacing.value if self.spacing else "default"
-        return {**self.identity, "sampler": self.sampler.value, "spacing": spacing, "steps": str(self.steps),
-                "guidance": str(self.guidance), "precision": self.precision, "run_seed": str(self.seed)}
-
-
-def model_option(path: Path) -> str:
-    """A --model value that names exactly this file, wherever it came from."""
-    source = origin(path)
-    if source["source"] == "file":
-        return os.path.abspath(source["model"])  # from any folder the remake is run in
-    return f"{source['model']}@{source['commit']}" if source["source"] == "hub" else source["model"]
 
 
 # --- where a run writes ------------------------------------------------------------------------------------
@@ -277,14 +236,17 @@ def check_grid_size(outputs: Outputs, image_size: int) -> None:
 # --- writing a run -----------------------------------------------------------------------------------------
 
 def write_run(
-    loaded: LoadedModel, recipe: Recipe, outputs: Outputs, *, batch_size: int = 16, callback: Advance | None = None
+    loaded: LoadedModel, recipe: Recipe, outputs: Outputs, *, batch_size: int = 16, callback: Advance | None = None,
+    share: Share = Share(),
 ) -> int:
-    """Sample a run and write each batch as it is done, then the grid; returns the number of images made.
+    """Sample a run (or this process's `share` of it) and write each batch as it is done, then the grid; returns
+    the number of images made.
 
     On Ctrl-C what is written stays, and GenerationInterrupted says how many and the command that continues."""
-    done, kept = 0, []
+    done, kept, total = 0, [], share.size(outputs.start, outputs.n, batch_size)
     try:
-        for batch in iter_images(loaded, outputs.n, start=outputs.start, batch_size=batch_size, **recipe.sampling()):
+        for batch in iter_images(loaded, outputs.n, start=outputs.start, batch_size=batch_size, share=share,
+                                 **recipe.sampling()):
             for g in batch:
                 if outputs.folder is not None:  # else a grid alone
                     save_image(g.image, outputs.image_path(g.index, recipe.fmt), text=image_text(recipe, g),
@@ -292,13 +254,16 @@ def write_run(
                 done += 1  # one by one: a continued run must start right after the last image written
             kept += batch if outputs.grid is not None else []
             if callback:
-                callback(done, outputs.n)
+                callback(done, total)
     except KeyboardInterrupt as e:  # Ctrl-C, or a signal the caller turned into one (its exit_code: 143 for SIGTERM)
+        if share.world > 1:  # the processes' images are interleaved: rerunning the command redoes them all
+            raise GenerationInterrupted(f"interrupted: the images written stay in {outputs.folder}; run the same "
+                                        "command with --overwrite to make them all again") from None
         stopped = GenerationInterrupted(interrupted(recipe, outputs, written(outputs, recipe.fmt, done)))
         stopped.exit_code = getattr(e, "exit_code", GenerationInterrupted.exit_code)
         raise stopped from None
     if outputs.grid is not None:
-        grid_text = recipe.text() | {"remake": recipe.command(outputs.start, outputs.n, "--grid", str(outputs.grid))}
+        grid_text = recipe.text() | {"remake": recipe.command(outputs.start, outputs.n, "--grid", outputs.grid.name)}
         grid_image = make_grid(*grid_layout(kept), pad=GRID_PAD)
         save_image(grid_image, outputs.grid, text=grid_text, overwrite=outputs.overwrite)
     return done

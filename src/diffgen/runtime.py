@@ -1,8 +1,8 @@
 """Where and how a process runs: its device, its place among torchrun's processes, and stop requests.
 
-`pick_device` serves every command; the rest is the trainer's: a run under `torchrun` joins the process
-group (NCCL on GPUs, gloo on CPUs) and reduces the numbers every rank must agree on, and SIGINT/SIGTERM
-become a flag the training loop checks between steps, so it can save first.
+`pick_device` serves every command. A command under `torchrun` joins the process group (NCCL on GPUs for
+training, gloo otherwise) and reduces the numbers every rank must agree on or report; for training,
+SIGINT/SIGTERM become a flag the loop checks between steps, so it can save first.
 """
 
 from __future__ import annotations
@@ -100,3 +100,12 @@ def all_ranks(value: float, ranks: Ranks, op=None) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
     return float(t) / (ranks.world if op is None else 1)
+
+
+def totals(counts: dict[str, int], ranks: Ranks) -> dict[str, int]:
+    """Counts summed over all ranks (each rank passes the same keys, in the same order)."""
+    if ranks.world == 1:
+        return dict(counts)
+    t = torch.tensor(list(counts.values()), dtype=torch.float64)
+    dist.all_reduce(t)
+    return {key: round(float(v)) for key, v in zip(counts, t)}

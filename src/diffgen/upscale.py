@@ -239,10 +239,12 @@ def upscale_file(
     width: int | None = None,
     height: int | None = None,
     callback: Advance | None = None,
+    remake: str | None = None,
 ) -> Upscaled:
     """Upscale one image file into `dst`, keeping its kind (grey, alpha, 16-bit), ICC profile and PNG text.
 
-    With `width` or `height`, the model's output is resampled (Lanczos) to that size, the aspect kept."""
+    With `width` or `height`, the model's output is resampled (Lanczos) to that size, the aspect kept. `remake`,
+    the command that makes the file again, is recorded in its PNG text (`diffgen reproduce` runs it)."""
     make_folder(dst.parent)  # before the work: a folder that cannot be made fails in a moment, not after it
     check_final_size(width, height)
     check_memory(loaded, src, open_image(src, decode=False), tile)
@@ -255,6 +257,7 @@ def upscale_file(
     text = keep.pop("text") | {"diffgen": f"upscale x{loaded.spec.scale}", **model_identity(loaded.path),
                                "steps": str(sampling.steps), "eta": str(sampling.eta), "samples": str(sampling.samples),
                                "seed": str(sampling.seed), "precision": loaded.precision}
+    text |= {"remake": remake} if remake else {}
     lost = save_image(out, dst, text=text, overwrite=overwrite, quality=quality, **keep)
     return Upscaled(src, dst, out.size, "; ".join(n for n in (note, lost) if n) or None)
 

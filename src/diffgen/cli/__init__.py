@@ -6,6 +6,6 @@ its commands on import; output.py prints progress bars, tables and results.
 
 from diffgen.cli.base import app, main
 # Importing a group registers its commands; --help lists them in this order.
-from diffgen.cli import training, generating, upscaling, sharing  # noqa: F401, I001
+from diffgen.cli import training, generating, upscaling, reproducing, sharing  # noqa: F401, I001
 
 __all__ = ["app", "main"]

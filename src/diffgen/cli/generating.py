@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from diffgen.cli.base import (
-    DEVICE_HELP, MODEL_HELP, PRECISION_HELP, PlainCommand, app, console_err, freeze_imports, labelled, printable,
-    run_command, stop_on_signals,
+    DEVICE_HELP, MODEL_HELP, PRECISION_HELP, PlainCommand, app, console_err, fail, freeze_imports, labelled,
+    printable, run_command, stop_on_signals,
 )
 from diffgen.cli.output import ItemBar, report_done
 from diffgen.enums import ImageFormat, Precision, Sampler, Spacing
@@ -46,42 +46,77 @@ def generate(
       diffgen generate --n 16 --out imgs/
       diffgen generate --model runs/digits --class 7 --n 8 --out sevens/ --grid sevens.png
       diffgen generate --start 5 --n 1 --seed 0
+      torchrun --nproc_per_node=4 -m diffgen generate -n 10000 --out imgs/
     """
+    import torch  # noqa: PLC0415
+
     from diffgen.api import check_generate_options  # noqa: PLC0415
     from diffgen.checkpoint import Task, with_precision  # noqa: PLC0415
-    from diffgen.generate import Outputs, Recipe, check_outputs, class_index, first_index, fit_batch_size  # noqa: PLC0415
+    from diffgen.errors import OptionError  # noqa: PLC0415
+    from diffgen.generate import Outputs, check_outputs, class_index, first_index, fit_batch_size  # noqa: PLC0415
     from diffgen.images import SUFFIX_OF, format_of  # noqa: PLC0415
     from diffgen.models import open_model  # noqa: PLC0415
-    from diffgen.runtime import pick_device  # noqa: PLC0415
+    from diffgen.recipe import Recipe  # noqa: PLC0415
+    from diffgen.runtime import barrier, local_device, process_group  # noqa: PLC0415
     from diffgen.samplers import check_steps  # noqa: PLC0415
 
     freeze_imports()
     check_generate_options(n=n, steps=steps, batch_size=batch_size, guidance=guidance, start=start or 0)
-    loaded = with_precision(open_model(model, Task.GENERATE, pick_device(device)), precision)
-    check_steps(steps, loaded.spec.num_timesteps)
-    classes = tuple(class_index(loaded.spec.class_names, c) for c in class_ or ())
-    batch, note = fit_batch_size(loaded, batch_size, n, guided=guidance > 0 and bool(loaded.spec.class_names))
-    folder = out if out is not None or grid is not None else Path("generated")
-    outputs = Outputs(folder, first_index(folder, start, overwrite), n, grid, overwrite)
-    fmt = SUFFIX_OF[format_of(format.value)]  # jpeg and JPG write .jpg files
-    check_outputs(outputs, fmt, loaded.spec.image_size)
-    for line in (note, continuing(outputs, start)):
-        if line:
-            console_err.print(labelled("note:", "yellow", line), highlight=False, soft_wrap=True)
-    recipe = Recipe.of(loaded, seed=seed, steps=steps, sampler=sampler,
-                       spacing=spacing, classes=classes, guidance=guidance, fmt=fmt)
-    write_with_bar(loaded, recipe, outputs, batch)
-    report_done(f"{made_text(outputs)} on {next(loaded.model.parameters()).device}")
+    with process_group(torch.device("cpu")) as ranks:  # under torchrun; gloo, as only counts pass between ranks
+        if grid is not None and ranks.world > 1:
+            raise OptionError("--grid: not under torchrun, where each process writes its own share of the images; "
+                              "make the grid in one process")
+        loaded = with_precision(open_model(model, Task.GENERATE, local_device(device)), precision)
+        check_steps(steps, loaded.spec.num_timesteps)
+        classes = tuple(class_index(loaded.spec.class_names, c) for c in class_ or ())
+        batch, note = fit_batch_size(loaded, batch_size, n, guided=guidance > 0 and bool(loaded.spec.class_names))
+        folder = out if out is not None or grid is not None else Path("generated")
+        outputs = Outputs(folder, first_index(folder, start, overwrite), n, grid, overwrite)
+        fmt = SUFFIX_OF[format_of(format.value)]  # jpeg and JPG write .jpg files
+        check_outputs(outputs, fmt, loaded.spec.image_size)
+        barrier(ranks)  # every process has numbered the run from the same first image before any writes
+        for line in (note, continuing(outputs, start)) if ranks.main else ():
+            if line:
+                console_err.print(labelled("note:", "yellow", line), highlight=False, soft_wrap=True)
+        recipe = Recipe.of(loaded, seed=seed, steps=steps, sampler=sampler,
+                           spacing=spacing, classes=classes, guidance=guidance, fmt=fmt)
+        write_share(loaded, recipe, outputs, batch, ranks)
 
 
-def write_with_bar(loaded, recipe, outputs: Outputs, batch: int) -> None:
+def write_share(loaded, recipe, outputs: Outputs, batch: int, ranks) -> None:
+    """Write this process's share of the images (all of them without torchrun), then say what all made.
+
+    A process that fails says why and stops; the others finish their shares, and the summary counts them."""
+    from diffgen.errors import DiffgenError  # noqa: PLC0415
+    from diffgen.generate import GenerationInterrupted, Share  # noqa: PLC0415
+    from diffgen.runtime import totals  # noqa: PLC0415
+
+    failed = False
+    try:
+        made = write_with_bar(loaded, recipe, outputs, batch, Share(ranks.rank, ranks.world), show=ranks.main)
+    except DiffgenError as e:
+        if ranks.world == 1 or isinstance(e, GenerationInterrupted):
+            raise
+        failed, made = True, 0
+        console_err.print(labelled("error:", "red", f"{e} (process {ranks.rank} of {ranks.world})"), highlight=False,
+                          soft_wrap=True)
+    counts = totals({"made": made, "failed": int(failed)}, ranks)
+    if counts["failed"]:  # one summary, from the first process
+        raise fail(f"{count_of(counts['made'], 'image')} of {outputs.n} made by the processes that finished, in "
+                   f"{outputs.folder}; {count_of(counts['failed'], 'process')} failed (above)") if ranks.main else typer.Exit(1)
+    if ranks.main:
+        by = f" by {ranks.world} processes" if ranks.world > 1 else ""
+        report_done(f"{made_text(outputs)} on {next(loaded.model.parameters()).device}{by}")
+
+
+def write_with_bar(loaded, recipe, outputs: Outputs, batch: int, share, *, show: bool) -> int:
     """Write the images with a progress bar; a stop keeps what was written and says how to go on."""
     from diffgen.generate import GenerationInterrupted, write_run  # noqa: PLC0415
 
-    with ItemBar("generating", outputs.n) as advance:
+    with ItemBar("generating", share.size(outputs.start, outputs.n, batch), show=show) as advance:
         try:
             with stop_on_signals():  # SIGTERM too keeps what was written and says how to go on
-                write_run(loaded, recipe, outputs, batch_size=batch, callback=advance)
+                return write_run(loaded, recipe, outputs, batch_size=batch, callback=advance, share=share)
         except GenerationInterrupted as e:  # asked for, and what was made is kept: not an error
             console_err.print(printable(str(e)), style="yellow", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None

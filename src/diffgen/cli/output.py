@@ -111,10 +111,11 @@ def started_text(event) -> str:
 class ItemBar:
     """A rich progress bar over items, on stderr, hidden when stderr is not a terminal."""
 
-    def __init__(self, label: str, total: int):
+    def __init__(self, label: str, total: int, *, show: bool = True):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
 
-        self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console_err, disable=not console_err.is_terminal)
+        self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console_err,
+                            disable=not (show and console_err.is_terminal))
         self.task = self.bar.add_task(label, total=total)
 
     def __enter__(self):
@@ -128,11 +129,11 @@ class ItemBar:
 class UpscaleBars:
     """Two rich bars, images and the current image's tiles, with ETA; plain lines when not a terminal."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, *, show: bool = True):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
 
         self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            console=console_err, disable=not console_err.is_terminal)
+                            console=console_err, disable=not (show and console_err.is_terminal))
         self.images = self.bar.add_task("images", total=total)
         self.tile_task = self.bar.add_task("tiles", total=1)
 

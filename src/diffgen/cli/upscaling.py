@@ -64,9 +64,13 @@ def upscale(
       diffgen upscale "scans/*.png" --skip-existing
       diffgen upscale cat.jpg --detail --width 1920
       diffgen upscale clip.mp4 --codec h265
+      torchrun --nproc_per_node=4 -m diffgen upscale photos/ --recursive --out big/
     """
+    import torch  # noqa: PLC0415
+
     from diffgen.api import upscale_sampling  # noqa: PLC0415
     from diffgen.errors import OptionError  # noqa: PLC0415
+    from diffgen.runtime import process_group, totals  # noqa: PLC0415
     from diffgen.upscale import check_final_size, memory_budget  # noqa: PLC0415
     from diffgen.upscale_plan import collect_inputs, plan_outputs  # noqa: PLC0415
 
@@ -83,32 +87,41 @@ def upscale(
     plan = plan_outputs(sources, out, suffix=suffix, fmt=format and format.value)
     memory_budget()  # a bad DIFFGEN_MEMORY_GB is one error now, not one per file
     batch = UpscaleBatch(loaded, tile=tile, sampling=sampling, quality=quality, width=width, height=height,
-                         overwrite=overwrite, skip_existing=skip_existing,
+                         overwrite=overwrite, skip_existing=skip_existing, denoise=denoise,
                          video=dict(codec=codec, crf=crf, pix_fmt=pix_fmt, keep_partial=keep_partial, resume=resume))
-    with UpscaleBars(len(plan)) as progress:
-        try:
-            with stop_on_signals():
-                for src, dst in plan:
-                    progress.next_image(src.name)
-                    batch.run(src, dst, progress)
-                    progress.image_done()
-        except Stopped as e:
-            how = batch.stopped_video or "rerun the same command with --skip-existing to continue"
-            raise fail(f"stopped by {e.name}: {batch.summary()}; {how}", e.exit_code) from None
+    with process_group(torch.device("cpu")) as ranks:  # under torchrun, each process takes every world-th file
+        mine = plan[ranks.rank :: ranks.world]
+        with UpscaleBars(len(mine), show=ranks.main) as progress:
+            try:
+                with stop_on_signals():
+                    for src, dst in mine:
+                        progress.next_image(src.name)
+                        batch.run(src, dst, progress)
+                        progress.image_done()
+            except Stopped as e:
+                how = batch.stopped_video or "rerun the same command with --skip-existing to continue"
+                raise fail(f"stopped by {e.name}: {batch.summary()}; {how}", e.exit_code) from None
+        batch.counts = Counter(totals({key: batch.counts[key] for key in UpscaleBatch.COUNTS}, ranks))
+        batch.processes = ranks.world
     if batch.counts["failed"]:
-        raise fail(batch.summary())
-    report_done(batch.summary())
+        raise fail(batch.summary()) if ranks.main else typer.Exit(1)  # one summary, from the first process
+    if ranks.main:
+        report_done(batch.summary())
 
 
 class UpscaleBatch:
     """Upscale a batch file by file: a bad file is reported and counted, and the batch goes on."""
 
-    def __init__(self, loaded, *, skip_existing: bool, overwrite: bool, video: dict, **settings):
+    COUNTS = ("upscaled", "skipped", "failed", "videos")
+
+    def __init__(self, loaded, *, skip_existing: bool, overwrite: bool, video: dict, denoise: float | None = None,
+                 **settings):
         self.loaded, self.skip_existing, self.overwrite, self.settings = loaded, skip_existing, overwrite, settings
+        self.denoise = denoise
         self.video = video  # the video options: codec, crf, pix_fmt, keep_partial, resume
         self.counts = Counter()
         self.stopped_video = None  # how to continue a video upscale stopped between frames
-        self.has_video = False
+        self.processes = 1  # the torchrun processes whose files the counts hold
 
     def run(self, src: Path, dst: Path, progress: UpscaleBars) -> None:
         from diffgen.errors import DiffgenError  # noqa: PLC0415
@@ -116,7 +129,7 @@ class UpscaleBatch:
         from diffgen.video import is_video  # noqa: PLC0415
 
         video = is_video(src)
-        self.has_video |= video
+        self.counts["videos"] += video
         overwrite = self.overwrite
         if self.skip_existing and dst.exists():
             if is_complete_output(dst, video):
@@ -133,7 +146,8 @@ class UpscaleBatch:
             if video:
                 result = self.run_video(src, dst, overwrite, progress)
             else:
-                result = upscale_file(self.loaded, src, dst, overwrite=overwrite, callback=progress.tiles, **self.settings)
+                result = upscale_file(self.loaded, src, dst, overwrite=overwrite, callback=progress.tiles,
+                                      remake=self.remake(src), **self.settings)
         except DiffgenError as e:
             self.counts["failed"] += 1
             progress.print(labelled("error:", "red", str(e)))
@@ -141,6 +155,24 @@ class UpscaleBatch:
         self.counts["upscaled"] += 1
         note = f" ({result.note})" if result.note else ""
         progress.print(f"{src} -> {dst} ({result.size[0]}x{result.size[1]}){note}")
+
+    def remake(self, src: Path) -> str:
+        """The command that makes the output again, pixel for pixel on the same kind of device, from the absolute
+        path of `src`; it leaves out where the output went, so that the copy `diffgen reproduce` makes records
+        the same command, and is the same file."""
+        import os  # noqa: PLC0415
+        import shlex  # noqa: PLC0415
+
+        from diffgen.recipe import model_option  # noqa: PLC0415
+
+        sampling, s = self.settings["sampling"], self.settings
+        args = ["diffgen", "upscale", os.path.abspath(src), "--model", model_option(self.loaded.path),
+                "--steps", sampling.steps, "--eta", sampling.eta, "--samples", sampling.samples, "--seed", sampling.seed,
+                "--precision", self.loaded.precision, "--device", next(self.loaded.model.parameters()).device.type]
+        for option, value in (("--denoise", self.denoise), ("--tile", s["tile"]), ("--width", s["width"]),
+                              ("--height", s["height"])):
+            args += [option, value] if value is not None else []
+        return shlex.join(map(str, [*args, "--quality", s["quality"]]))
 
     def run_video(self, src: Path, dst: Path, overwrite: bool, progress: UpscaleBars):
         """Upscale one video; a first SIGINT or SIGTERM stops it cleanly after the current frame."""
@@ -162,8 +194,9 @@ class UpscaleBatch:
 
     def summary(self) -> str:
         c = self.counts
-        noun = "file" if self.has_video else "image"  # a video is not an image
-        return (f"{count_of(c['upscaled'], noun)} upscaled on {device_of(self.loaded)}, {c['skipped']} skipped, "
+        noun = "file" if c["videos"] else "image"  # a video is not an image
+        by = f" by {self.processes} processes" if self.processes > 1 else ""
+        return (f"{count_of(c['upscaled'], noun)} upscaled on {device_of(self.loaded)}{by}, {c['skipped']} skipped, "
                 f"{c['failed']} failed")
 
 
