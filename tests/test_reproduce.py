@@ -28,6 +28,7 @@ def test_an_upscaled_image_is_made_again_and_a_changed_model_or_missing_input_is
     assert r.exit_code == 0, r.output
     r = invoke("reproduce", tmp_path / "in_x4.png")
     assert r.exit_code == 0 and "byte-identical" in r.output, r.output
+    assert r.output.count("\n") == 1  # the upscale's own lines, which name the temporary folder, are not shown
 
     loaded = load_model(model)
     with torch.no_grad():

@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from diffgen.errors import CheckpointError, ImageError
 from diffgen.provenance import file_sha256
+from diffgen.text import count_of
 
 COMMANDS = ("generate", "upscale")
 
@@ -103,7 +104,8 @@ def differences(record: Record, made_bytes: bytes) -> str:
         reasons.append(f"the sizes differ ({before.size[0]}x{before.size[1]}, now {after.size[0]}x{after.size[1]})")
     elif (a != b).any():
         share = (a != b).any(axis=-1).mean() if a.ndim == 3 else (a != b).mean()
-        reasons.append(f"{share:.1%} of the pixels differ, by at most {np.abs(a - b).max()} levels")
+        most = int(np.abs(a - b).max())
+        reasons.append(f"{share:.1%} of the pixels differ, by at most {count_of(most, 'level')}")
     else:
         reasons.append("the pixels are the same; only the file's metadata differs")
     if len(reasons) == 1 and "sha256" not in record.text:

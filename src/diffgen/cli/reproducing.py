@@ -28,6 +28,7 @@ def reproduce(
     import contextlib  # noqa: PLC0415
     import io  # noqa: PLC0415
     import shlex  # noqa: PLC0415
+    import sys  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
 
     import click  # noqa: PLC0415
@@ -43,13 +44,15 @@ def reproduce(
     with tempfile.TemporaryDirectory(prefix=".diffgen-reproduce-", dir=Path(image).parent) as tmp:
         args, made = record.command_into(Path(tmp))
         recorded = shlex.join(["diffgen", *args])
+        said = io.StringIO()  # its lines name the temporary folder: shown only when it fails, to say why
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # its "done:" line names the temporary folder
+            with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
                 code = typer.main.get_command(app).main(args, prog_name="diffgen", standalone_mode=False)
         except click.ClickException as e:  # an option this diffgen no longer has
             raise fail(f"{image}: its recorded command does not run in this diffgen ({e.format_message()}): "
                        f"{recorded}") from None
-        if code:  # the command said why, in its own line
+        if code:
+            sys.stderr.write(said.getvalue())
             raise fail(f"{image}: could not be made again (above); it records: {recorded}")
         data = made.read_bytes()
     if out is not None:
