@@ -48,6 +48,7 @@ def panning_clip(photo: Image.Image, size: tuple[int, int], frames: int, scale: 
     if need > photo.width or h > photo.height:
         raise SystemExit(f"the photo is {photo.width}x{photo.height}; {frames} frames of {w}x{h} need {need}x{h}")
     top = (photo.height - h) // 2 // scale * scale
+    photo = photo.crop((0, 0, photo.width // scale * scale, photo.height // scale * scale))  # else LR is stretched
     lr_photo = photo.resize((photo.width // scale, photo.height // scale), Image.Resampling.BICUBIC)
     hr, lr = [], []
     for t in range(frames):
