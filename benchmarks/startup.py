@@ -2,7 +2,7 @@
 
 - `diffgen --help` must answer in under 0.5 s and must not import torch.
 - `diffgen generate --n 16 --out DIR` with the default model, start-up included, as a multiple of
-  `python -c "import torch"` measured in the same run (goal: at most 1.5x).
+  `python -c "import torch"` measured in the same run (goal: at most 1.2x, issue 19).
 
     python benchmarks/startup.py [--repeats 3] [--json startup.json]
 """
@@ -56,7 +56,7 @@ def main() -> None:
     }
     print(f"python -c 'import torch'      {torch_import:6.2f} s")
     print(f"diffgen --help                 {help_s:6.2f} s  (goal < 0.5 s; imports torch: {result['help_imports_torch']})")
-    print(f"diffgen generate --n 16        {generate_s:6.2f} s  = {result['generate_over_import_torch']:.2f}x import torch (goal <= 1.5x)")
+    print(f"diffgen generate --n 16        {generate_s:6.2f} s  = {result['generate_over_import_torch']:.2f}x import torch (goal <= 1.2x)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 
