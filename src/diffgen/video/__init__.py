@@ -30,6 +30,10 @@ class VideoError(DiffgenError):
     """A video file that cannot be read or written, or settings its container cannot hold."""
 
 
+class PeerFailed(VideoError):
+    """Another process of a video split across torchrun's processes failed (and said why): this one stops too."""
+
+
 class Codec(str, Enum):
     h264 = "h264"
     h265 = "h265"

@@ -109,7 +109,7 @@ def upscale_video(
     """Upscale the video `src` into `dst` (its suffix sets the container); sound and subtitles are copied.
 
     Under torchrun every process calls it with its `ranks` and encodes its share of the pieces; the first then
-    joins them all. When one process fails, every process raises: its own error, or `pieces.PeerFailed`.
+    joins them all. When one process fails, every process raises: its own error, or `PeerFailed`.
     """
     src, dst = Path(src), Path(dst)
     with ExitStack() as stack:

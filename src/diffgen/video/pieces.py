@@ -21,14 +21,10 @@ from typing import TypeVar
 
 from diffgen.files import atomic_write, fsync_dir, write_fix
 from diffgen.runtime import Ranks, ranks_with
-from diffgen.video import VideoError
+from diffgen.video import PeerFailed, VideoError
 from diffgen.video.streams import SegmentWriter
 
 T = TypeVar("T")
-
-
-class PeerFailed(VideoError):
-    """Another process of a split upscale failed (and said why): this one stops too."""
 
 
 class Work:
