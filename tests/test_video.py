@@ -1,5 +1,6 @@
 """Video upscaling: frames, timing, rotation, sound and subtitles kept; bad files refused; stop and resume."""
 
+import json
 import subprocess
 import sys
 from fractions import Fraction
@@ -366,3 +367,38 @@ def test_the_command_upscales_videos_beside_images_and_skips_finished_ones(tmp_p
     r = CliRunner().invoke(app, ["upscale", str(tmp_path / "clip.mp4"), "--model", str(loaded.path), "--width", "100",
                                  "--overwrite"])
     assert r.exit_code == 1 and "--width and --height are for images" in r.output
+
+
+def test_torchrun_splits_one_video_by_pieces_and_joins_what_one_process_writes(tmp_path, loaded):
+    from test_distributed import run
+
+    src = make_clip(tmp_path / "clip.mp4", n=7)  # pieces of 2 frames: 4 pieces, 0 and 2 for process 0, 1 and 3 for 1
+    args = ["upscale", src, "--model", loaded.path, "--device", "cpu", "--samples", 1, "--piece-frames", 2]
+    two, one = run(*args, "--out", tmp_path / "two"), run(*args, "--out", tmp_path / "one", processes=1)
+    assert two.returncode == 0 and one.returncode == 0, two.stderr[-3000:]
+    assert (tmp_path / "two" / "clip_x4.mp4").read_bytes() == (tmp_path / "one" / "clip_x4.mp4").read_bytes()
+    assert len(frames(tmp_path / "two" / "clip_x4.mp4")) == 7 and leftovers(tmp_path / "two") == []
+    assert two.stdout.count("done:") == 1 and "1 file upscaled on cpu by 2 processes" in " ".join(two.stdout.split())
+
+
+def test_a_resume_finishes_the_pieces_another_process_left(tmp_path, loaded, monkeypatch):
+    """Process 1 of 2 writes pieces 1 and 3 and leaves the joining to process 0; one process resumes from them."""
+    from diffgen.runtime import Ranks
+    from diffgen.video import pieces
+
+    src = make_clip(tmp_path / "clip.mp4", n=7)
+    whole = upscale(src, tmp_path / "whole.mp4", loaded, segment_frames=2).dst
+    dst = tmp_path / "clip_x4.mp4"
+    for module in (pieces, video_job):  # the other process agrees with everything and was first to lock
+        monkeypatch.setattr(module, "ranks_with", lambda flag, ranks: [])
+    work = tmp_path / ".clip_x4.mp4.diffgen-video"
+    work.mkdir()
+    (work / "settings.json").write_text(json.dumps(video_job.fingerprint(
+        src, loaded, FAST, None, video_job.choose_encoding(dst, None, None, "yuv420p"), 2)))
+    result = upscale(src, dst, loaded, segment_frames=2, ranks=Ranks(1, 2), resume=True)
+    assert not dst.exists() and not result.stopped and result.frames == 7
+    assert sorted(p.name for p in work.iterdir()) == ["000001.mp4", "000003.mp4", "settings.json"]  # only process 0 locks
+    monkeypatch.undo()
+    result = upscale(src, dst, loaded, segment_frames=2, resume=True)
+    assert result.resumed_from == 3 and packets(dst, "video") == packets(whole, "video")
+    assert leftovers(tmp_path) == []

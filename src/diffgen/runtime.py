@@ -109,3 +109,13 @@ def totals(counts: dict[str, int], ranks: Ranks) -> dict[str, int]:
     t = torch.tensor(list(counts.values()), dtype=torch.float64)
     dist.all_reduce(t)
     return {key: round(float(v)) for key, v in zip(counts, t)}
+
+
+def ranks_with(flag: bool, ranks: Ranks) -> list[int]:
+    """The ranks on which `flag` is set, known to every rank: who failed, who was stopped."""
+    if ranks.world == 1:
+        return [0] if flag else []
+    t = torch.zeros(ranks.world, dtype=torch.float64)
+    t[ranks.rank] = float(flag)
+    dist.all_reduce(t)
+    return [rank for rank, value in enumerate(t.tolist()) if value]

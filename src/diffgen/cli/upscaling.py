@@ -15,7 +15,7 @@ from diffgen.cli.base import (
 from diffgen.cli.output import ItemBar, UpscaleBars, device_of, print_table, report_done
 from diffgen.enums import ImageFormat, Precision
 from diffgen.text import count_of
-from diffgen.video import Codec  # no torch, no PyAV: --help stays fast
+from diffgen.video import SEGMENT_FRAMES, Codec  # no torch, no PyAV: --help stays fast
 
 MODEL_HELP = (MODEL_HELP + " upscale-x4 (the default) is trained on inputs with JPEG blocks, noise and blur, as "
               "photos from phones and the web have; upscale-x4-clean scores higher on clean, lossless inputs "
@@ -51,7 +51,8 @@ def upscale(
     crf: Annotated[Optional[int], typer.Option(help="Video quality: lower is better and larger, 0 is lossless.", show_default="visually lossless: 18 for h264 and vp9, 22 for h265")] = None,
     pix_fmt: Annotated[str, typer.Option(help="Video pixel format: yuv420p plays everywhere, yuv444p keeps full colour detail, yuv420p10le has 10 bits.")] = "yuv420p",
     keep_partial: Annotated[bool, typer.Option("--keep-partial", help="When a video upscale is stopped, keep the frames done as a playable NAME.partial.EXT.")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped video upscale from its last finished piece (120 frames).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped video upscale from its finished pieces (120 frames each).")] = False,
+    piece_frames: Annotated[int, typer.Option(hidden=True, help="Frames per piece of a video (for tests: many pieces from a short clip).")] = SEGMENT_FRAMES,
 ) -> None:
     """Upscale images and videos with a diffusion super-resolution model.
 
@@ -65,6 +66,7 @@ def upscale(
       diffgen upscale cat.jpg --detail --width 1920
       diffgen upscale clip.mp4 --codec h265
       torchrun --nproc_per_node=4 -m diffgen upscale photos/ --recursive --out big/
+      torchrun --nproc_per_node=4 -m diffgen upscale clip.mp4
     """
     import torch  # noqa: PLC0415
 
@@ -80,6 +82,8 @@ def upscale(
     if overwrite and skip_existing:
         raise OptionError("--overwrite and --skip-existing: choose one")
     check_final_size(width, height)
+    if piece_frames < 1:
+        raise OptionError(f"--piece-frames {piece_frames}: must be at least 1")
     sampling = upscale_sampling(steps=steps, eta=eta, samples=samples, seed=seed, detail=detail)
     loaded = open_upscaler(model, denoise, device, precision, sampling, tile=tile, scale=scale)
     suffix = f"_x{loaded.spec.scale}" if suffix is None else suffix
@@ -88,9 +92,11 @@ def upscale(
     memory_budget()  # a bad DIFFGEN_MEMORY_GB is one error now, not one per file
     batch = UpscaleBatch(loaded, tile=tile, sampling=sampling, quality=quality, width=width, height=height,
                          overwrite=overwrite, skip_existing=skip_existing, denoise=denoise,
-                         video=dict(codec=codec, crf=crf, pix_fmt=pix_fmt, keep_partial=keep_partial, resume=resume))
-    with process_group(torch.device("cpu")) as ranks:  # under torchrun, each process takes every world-th file
-        mine = plan[ranks.rank :: ranks.world]
+                         video=dict(codec=codec, crf=crf, pix_fmt=pix_fmt, keep_partial=keep_partial, resume=resume,
+                                    segment_frames=piece_frames))
+    with process_group(torch.device("cpu")) as ranks:  # under torchrun: every video together, images by file
+        batch.ranks = ranks
+        mine = share(plan, ranks)
         with UpscaleBars(len(mine), show=ranks.main) as progress:
             try:
                 with stop_on_signals():
@@ -99,6 +105,8 @@ def upscale(
                         batch.run(src, dst, progress)
                         progress.image_done()
             except Stopped as e:
+                if not (ranks.main or batch.stopped_video is None):  # a video all share: the first process says it
+                    raise typer.Exit(e.exit_code) from None
                 how = batch.stopped_video or "rerun the same command with --skip-existing to continue"
                 raise fail(f"stopped by {e.name}: {batch.summary()}; {how}", e.exit_code) from None
         batch.counts = Counter(totals({key: batch.counts[key] for key in UpscaleBatch.COUNTS}, ranks))
@@ -107,6 +115,16 @@ def upscale(
         raise fail(batch.summary()) if ranks.main else typer.Exit(1)  # one summary, from the first process
     if ranks.main:
         report_done(batch.summary())
+
+
+def share(plan: list, ranks) -> list:
+    """What this process upscales: every video, all processes together piece by piece (first, so that none waits
+    for another's images), then every world-th image."""
+    from diffgen.video import is_video  # noqa: PLC0415
+
+    videos = [pair for pair in plan if is_video(pair[0])]
+    images = [pair for pair in plan if not is_video(pair[0])]
+    return (videos + images[ranks.rank :: ranks.world]) if ranks.world > 1 else plan
 
 
 class UpscaleBatch:
@@ -122,25 +140,29 @@ class UpscaleBatch:
         self.counts = Counter()
         self.stopped_video = None  # how to continue a video upscale stopped between frames
         self.processes = 1  # the torchrun processes whose files the counts hold
+        self.ranks = None  # this process's place under torchrun (runtime.Ranks); None: the only one
 
     def run(self, src: Path, dst: Path, progress: UpscaleBars) -> None:
         from diffgen.errors import DiffgenError  # noqa: PLC0415
         from diffgen.upscale import upscale_file  # noqa: PLC0415
-        from diffgen.video import is_video  # noqa: PLC0415
+        from diffgen.video import PeerFailed, is_video  # noqa: PLC0415
 
         video = is_video(src)
-        self.counts["videos"] += video
+        shared = video and self.ranks is not None and self.ranks.world > 1  # every process works on it
+        counts = self.counts if not shared or self.ranks.main else Counter()  # the first process counts it, once
+        say = progress.print if counts is self.counts else lambda message: None
+        counts["videos"] += video
         overwrite = self.overwrite
         if self.skip_existing and dst.exists():
             if is_complete_output(dst, video):
-                self.counts["skipped"] += 1
+                counts["skipped"] += 1
                 return
-            progress.print(labelled("note:", "yellow", f"{dst}: incomplete or corrupt; upscaling {src} again"))
+            say(labelled("note:", "yellow", f"{dst}: incomplete or corrupt; upscaling {src} again"))
             overwrite = True
         if not overwrite and dst.exists():  # said before the work, not after it
-            self.counts["failed"] += 1
-            progress.print(labelled("error:", "red", f"{dst}: already exists; pass --skip-existing to keep it or "
-                                                     "--overwrite to replace it, or choose another --out"))
+            counts["failed"] += 1
+            say(labelled("error:", "red", f"{dst}: already exists; pass --skip-existing to keep it or "
+                                          "--overwrite to replace it, or choose another --out"))
             return
         try:
             if video:
@@ -149,10 +171,15 @@ class UpscaleBatch:
                 result = upscale_file(self.loaded, src, dst, overwrite=overwrite, callback=progress.tiles,
                                       remake=self.remake(src), **self.settings)
         except DiffgenError as e:
-            self.counts["failed"] += 1
-            progress.print(labelled("error:", "red", str(e)))
+            counts["failed"] += 1
+            if shared and not isinstance(e, PeerFailed):  # its own failure, which each process says
+                progress.print(labelled("error:", "red", f"{e} (process {self.ranks.rank} of {self.ranks.world})"))
+            else:
+                say(labelled("error:", "red", str(e)))
             return
-        self.counts["upscaled"] += 1
+        counts["upscaled"] += 1
+        if counts is not self.counts:
+            return
         note = f" ({result.note})" if result.note else ""
         progress.print(f"{src} -> {dst} ({result.size[0]}x{result.size[1]}){note}")
 
@@ -181,15 +208,19 @@ class UpscaleBatch:
 
         if self.settings["width"] is not None or self.settings["height"] is not None:
             raise OptionError(f"{src}: --width and --height are for images; a video is upscaled by the model's factor")
+        import signal  # noqa: PLC0415
+
+        from diffgen.runtime import Ranks  # noqa: PLC0415
+
         with stop_between_frames() as asked:
             result = upscale_video(src, dst, self.loaded, tile=self.settings["tile"], sampling=self.settings["sampling"],
                                    overwrite=overwrite, on_progress=progress.frames, stop=lambda: bool(asked),
-                                   **self.video)
+                                   ranks=self.ranks or Ranks(), **self.video)
         if result.stopped:
             kept = f"; the frames done are in {result.partial}" if result.partial else ""
             self.stopped_video = (f"{src} stopped after {count_of(result.frames, 'frame')}{kept}; rerun the same "
                                   "command with --resume to continue it")
-            raise Stopped(asked[0])
+            raise Stopped(asked[0] if asked else signal.SIGINT)  # without a signal here: another process was stopped
         return result
 
     def summary(self) -> str:

@@ -3,7 +3,8 @@
 This module holds what the CLI needs without importing torch or PyAV (so `diffgen --help` stays fast): which
 files are videos, the codec choices and their defaults, and the error types. The work lives in
 `streams.py` (reading, encoding and joining with PyAV) and `job.py` (`upscale_video`: segments, resume,
-stop, the atomic output); docs/video.md explains the design.
+stop, the atomic output, sharing under torchrun), `pieces.py` (the work folder and its lock); docs/video.md
+explains the design.
 
 PyAV (the `av` package, which ships FFmpeg) is the optional extra `diffgen[video]`.
 """
@@ -28,6 +29,10 @@ WRITABLE_VIDEO = ".mp4, .m4v, .mov, .mkv or .webm"
 
 class VideoError(DiffgenError):
     """A video file that cannot be read or written, or settings its container cannot hold."""
+
+
+class PeerFailed(VideoError):
+    """Another process of a video split across torchrun's processes failed (and said why): this one stops too."""
 
 
 class Codec(str, Enum):

@@ -2,22 +2,24 @@
 
 Frames stream: decode one, upscale it exactly as an image (same tiles, same seed for every frame), encode it.
 The encoded frames go into pieces of `segment_frames` frames in a hidden work folder beside the output
-(`.NAME.diffgen-video/`), each written under a temporary name and renamed when closed, so a finished piece
-is whole. When all are done they are joined by remuxing (no second encode) with the source's sound and
-subtitles into a temporary file beside the output, which is renamed over the output's name last. A stop
-(`stop()` true) finishes the current piece so it plays; with `keep_partial` the pieces so far become a
-playable `NAME.partial.EXT`. `resume` keeps the finished pieces and starts at the next. Design: docs/video.md.
+(`pieces.py`), each written under a temporary name and renamed when closed, so a finished piece is whole.
+When all are done they are joined by remuxing (no second encode) with the source's sound and subtitles into a
+temporary file beside the output, which is renamed over the output's name last. A stop (`stop()` true)
+finishes the current piece so it plays; with `keep_partial` the pieces so far become a playable
+`NAME.partial.EXT`. `resume` keeps the finished pieces and does the others. Under torchrun (`ranks`) the
+processes share one video: process r does the pieces k ≡ r (mod K) and the first joins them. Design:
+docs/video.md.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -29,9 +31,10 @@ import torch
 from diffgen import __version__
 from diffgen.checkpoint import LoadedModel
 from diffgen.errors import OptionError
-from diffgen.files import atomic_write, fsync_dir, remove_stale_temps, umask, write_fix
+from diffgen.files import fsync_dir, remove_stale_temps, umask, write_fix
 from diffgen.provenance import model_identity
 from diffgen.images import make_folder, to_model_range
+from diffgen.runtime import Ranks, ranks_with
 from diffgen.upscale import Sampling, check_memory, upscale_tiled
 from diffgen.video import (
     CONTAINERS,
@@ -46,6 +49,7 @@ from diffgen.video import (
     require_av,
 )
 from diffgen.video.joining import join
+from diffgen.video.pieces import Work, together, work_folder
 from diffgen.video.streams import (
     CORRUPT_FIX,
     Encoding,
@@ -98,35 +102,47 @@ def upscale_video(
     keep_partial: bool = False,
     resume: bool = False,
     segment_frames: int = SEGMENT_FRAMES,
+    ranks: Ranks = Ranks(),
     on_progress: Callable[[VideoProgress], None] | None = None,
     stop: Callable[[], bool] | None = None,
 ) -> VideoResult:
-    """Upscale the video `src` into `dst` (its suffix sets the container); sound and subtitles are copied."""
+    """Upscale the video `src` into `dst` (its suffix sets the container); sound and subtitles are copied.
+
+    Under torchrun every process calls it with its `ranks` and encodes its share of the pieces; the first then
+    joins them all. When one process fails, every process raises: its own error, or `PeerFailed`.
+    """
     src, dst = Path(src), Path(dst)
-    require_av(src)
-    encoding = choose_encoding(dst, codec, crf, pix_fmt)
-    make_folder(dst.parent)
-    if dst.exists() and not overwrite:
-        raise VideoError(f"{dst}: already exists; pass --overwrite to replace it or choose another --out")
-    with open_source(src) as source:
+    with ExitStack() as stack:
+
+        def prepare():  # what would fail on every process, refused before any work
+            require_av(src)
+            encoding = choose_encoding(dst, codec, crf, pix_fmt)
+            make_folder(dst.parent)
+            if dst.exists() and not overwrite:
+                raise VideoError(f"{dst}: already exists; pass --overwrite to replace it or choose another --out")
+            source = stack.enter_context(open_source(src))
+            size = output_size(source.probe, loaded.spec.scale, encoding.pix_fmt)
+            check_writable(src, dst, encoding, source.probe, size)
+            check_memory(loaded, src, frame_header(source.probe.width, source.probe.height), tile)
+            return source, encoding, size, fingerprint(src, loaded, sampling, tile, encoding, segment_frames)
+
+        source, encoding, size, settings = together(prepare, ranks, dst)
         probe = source.probe
-        size = output_size(probe, loaded.spec.scale, encoding.pix_fmt)
-        check_writable(src, dst, encoding, probe, size)
-        check_memory(loaded, src, frame_header(probe.width, probe.height), tile)
-        settings = fingerprint(src, loaded, sampling, tile, encoding, segment_frames)
-        with work_folder(dst, settings, resume) as work:
-            first = len(work.pieces()) * segment_frames
-            upscale = partial(upscale_frame, loaded, tile=tile, sampling=sampling)
-            done, stopped = encode_pieces(source.frames(), work, first, segment_frames, upscale,
-                                          Writer(encoding, probe, size), Reporter(on_progress, probe.total, first), stop)
-            kept = finish_partial(work, src, dst, probe) if stopped and keep_partial else None
-            if stopped:
-                work.drop_pending(None)
-            else:
-                finish(work, src, dst, probe, overwrite=overwrite)
+        work = stack.enter_context(work_folder(dst, settings, resume, ranks))
+        upscale = partial(upscale_frame, loaded, tile=tile, sampling=sampling)
+        passed = together(lambda: encode_share(source, work, segment_frames, ranks, upscale, Writer(encoding, probe, size),
+                                               Reporter(on_progress, probe.total), stop), ranks, dst)
+        stopped = bool(ranks_with(passed.stopped, ranks))
+        kept = finish_partial(work, src, dst, probe, passed.pending) if stopped and keep_partial and ranks.main else None
+        if passed.pending is not None:
+            work.drop(passed.pending)
+        if ranks.main and stopped:
+            work.stop_file.unlink(missing_ok=True)
+        elif ranks.main:
+            finish(work, src, dst, probe, math.ceil(passed.done / segment_frames), overwrite=overwrite)
     scaled = (probe.width * loaded.spec.scale, probe.height * loaded.spec.scale)
     padded = [f"padded to {size[0]}x{size[1]}: {encoding.pix_fmt} needs even sizes"] if size != scaled else []
-    return VideoResult(src, None if stopped else dst, done, size, min(first, done), stopped, kept,
+    return VideoResult(src, None if stopped else dst, passed.done, size, passed.earlier, stopped, kept,
                        "; ".join(list(probe.notes) + padded) or None)
 
 
@@ -178,151 +194,106 @@ class Writer:
 
 
 class Reporter:
-    """Calls `on_progress` after each frame with frames done and this run's frames per second."""
+    """Calls `on_progress` after each frame with the frames passed and this run's frames per second."""
 
-    def __init__(self, on_progress, total: int | None, first: int):
-        self.on_progress, self.total, self.first = on_progress, total, first
+    def __init__(self, on_progress, total: int | None):
+        self.on_progress, self.total = on_progress, total
         self.start = time.monotonic()
 
-    def __call__(self, done: int) -> None:
+    def __call__(self, done: int, earlier: int) -> None:
         if self.on_progress:
             seconds = max(time.monotonic() - self.start, 1e-9)
-            self.on_progress(VideoProgress(done, self.total, (done - self.first) / seconds, self.first))
+            self.on_progress(VideoProgress(done, self.total, (done - earlier) / seconds, earlier))
 
 
-def encode_pieces(frames: Iterator[Frame], work: Work, first: int, per_piece: int, upscale: Callable,
-                  writer: Writer, report: Reporter, stop: Callable[[], bool] | None) -> tuple[int, bool]:
-    """Upscale and encode the frames from `first` on, closing a piece every `per_piece` frames.
+@dataclass(frozen=True)
+class Pass:
+    """How far one process went through the video's frames."""
 
-    Returns the frames done and whether `stop` stopped it; a stopped piece is closed (it plays) and left
-    pending. Any exception removes the pending piece: the finished ones stay for a resume.
+    done: int  # frames passed: upscaled here, by another process or by an earlier run (all of them at the end)
+    earlier: int  # of those, the frames of pieces an earlier run finished
+    stopped: bool  # stop() stopped it before the end
+    pending: int | None  # the stopped piece, closed (it plays) and left pending; None when there is none
+
+
+def encode_share(source, work: Work, per_piece: int, ranks: Ranks, upscale: Callable, writer: Writer,
+                 report: Reporter, stop: Callable[[], bool] | None) -> Pass:
+    """Encode this process's pieces, k ≡ rank (mod processes). In a split upscale a process that fails or is
+    stopped asks the others to stop, and stops when another asks."""
+    split = ranks.world > 1
+    asked = lambda: bool(stop and stop()) or (split and work.stop_asked())  # noqa: E731
+    try:
+        passed = encode_pieces(source.frames(), work, per_piece, lambda k: k % ranks.world == ranks.rank, upscale,
+                               writer, report, asked)
+    except BaseException:
+        if split:
+            work.ask_stop()
+        raise
+    if passed.stopped and split:
+        work.ask_stop()
+    return passed
+
+
+def encode_pieces(frames: Iterator[Frame], work: Work, per_piece: int, mine: Callable[[int], bool],
+                  upscale: Callable, writer: Writer, report: Reporter, stop: Callable[[], bool]) -> Pass:
+    """Upscale and encode the frames of the pieces that are `mine` and were not finished before, closing a piece
+    every `per_piece` frames. Every frame is decoded, as a frame's index and timing depend on those before it,
+    but only those upscaled here are converted to RGB.
+
+    A stopped piece is closed (it plays) and left pending. Any exception removes the pending piece: the finished
+    ones stay for a resume.
     """
-    piece, done = None, 0
+    piece = None  # (number, writer) of the piece being written
+    done = earlier = 0
     try:
         for frame in frames:
-            done += 1
-            if frame.index < first:
-                continue  # finished in an earlier run
-            if stop and stop():
-                done -= 1
-                break
-            if piece is None:
-                piece = writer.open(work.pending)
-            piece.write(upscale(frame.rgb()), frame)
-            report(done)
-            if piece.frames == per_piece:
-                work.commit(piece)
-                piece = None
+            number = frame.index // per_piece
+            if number in work.earlier:
+                earlier += 1
+            elif mine(number):
+                if stop():
+                    break
+                if piece is None:
+                    piece = number, writer.open(work.pending(number))
+                piece[1].write(upscale(frame.rgb()), frame)
+                report(frame.index + 1, earlier)
+                if piece[1].frames == per_piece:
+                    work.commit(*piece)
+                    piece = None
+            done = frame.index + 1
         else:
             if piece is not None:
-                work.commit(piece)
-            return done, False
+                work.commit(*piece)
+            return Pass(done, earlier, False, None)
     except BaseException:
-        work.drop_pending(piece)
+        if piece is not None:
+            work.drop(*piece)
         raise
     if piece is not None:
-        piece.close()
-    return done, True
+        piece[1].close()
+    return Pass(done, earlier, True, piece and piece[0])
 
 
-class Work:
-    """The hidden folder of an upscale in progress: its settings and its finished pieces, 000000.mp4 on."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.pending = folder / "pending.mp4"
-        self.settings = folder / "settings.json"
-
-    def pieces(self) -> list[Path]:
-        """The finished pieces, in order (a gap ends them: what follows it was never finished in order)."""
-        found = []
-        while (path := self.folder / f"{len(found):06d}.mp4").is_file():
-            found.append(path)
-        return found
-
-    def commit(self, piece: SegmentWriter) -> None:
-        """Close the pending piece, sync it to disk and give it its number: from now on it is finished."""
-        piece.close()
-        with open(self.pending, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(self.pending, self.folder / f"{len(self.pieces()):06d}.mp4")
-        fsync_dir(self.folder)
-
-    def drop_pending(self, piece: SegmentWriter | None) -> None:
-        try:
-            if piece is not None:
-                piece.close()
-        except Exception:  # a piece that failed mid-write may fail to close: it is deleted anyway
-            pass
-        self.pending.unlink(missing_ok=True)
-
-    def start(self, settings: dict, dst: Path, resume: bool) -> None:
-        """Keep the finished pieces of a resume with the same settings; refuse to drop them silently."""
-        done = len(self.pieces())
-        fresh = json.loads(json.dumps(settings))
-        if done and not resume:
-            raise VideoError(f"{dst}: an earlier upscale into it stopped after {done * settings['segment_frames']} "
-                             f"frames; pass --resume to continue it, or delete {self.folder} to start again")
-        if done:
-            saved = json.loads(self.settings.read_text()) if self.settings.is_file() else {}
-            changed = [key for key in fresh if saved.get(key) != fresh[key]]
-            if changed:
-                raise VideoError(f"{dst}: the stopped upscale into it used other settings ({', '.join(changed)}); "
-                                 f"repeat its options with --resume, or delete {self.folder} to start again")
-            return
-        self.pending.unlink(missing_ok=True)
-        atomic_write(self.settings, json.dumps(fresh, indent=1).encode())
-
-
-@contextmanager
-def work_folder(dst: Path, settings: dict, resume: bool) -> Iterator[Work]:
-    """The work folder beside `dst`, locked against a second diffgen writing the same output."""
-    work = Work(dst.parent / f".{dst.name}.diffgen-video")
-    try:
-        work.folder.mkdir(exist_ok=True)
-        with locked(work.folder / ".lock", dst):
-            try:
-                work.start(settings, dst, resume)
-                yield work
-            finally:
-                if work.folder.is_dir() and not work.pieces():  # nothing worth resuming: leave no trace
-                    shutil.rmtree(work.folder, ignore_errors=True)
-    except OSError as e:
-        raise VideoError(f"{dst}: cannot write the work folder {work.folder} ({e.strerror}); {write_fix(e)} or "
-                         "choose another --out") from None
-
-
-@contextmanager
-def locked(path: Path, dst: Path):
-    """An exclusive flock on `path`, dropped by the OS when the process ends (so it never goes stale)."""
-    try:
-        import fcntl  # noqa: PLC0415 - not on Windows, where upscales are not locked
-    except ImportError:
-        yield
-        return
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise VideoError(f"{dst}: another diffgen is upscaling into it; wait for it to finish") from None
-        yield
-
-
-def finish(work: Work, src: Path, dst: Path, probe: Probe, *, overwrite: bool) -> None:
-    """Join the finished pieces with the source's sound and subtitles into `dst`, then remove the work folder."""
-    pieces = work.pieces()
-    if not pieces:
+def finish(work: Work, src: Path, dst: Path, probe: Probe, count: int, *, overwrite: bool) -> None:
+    """Join the `count` pieces with the source's sound and subtitles into `dst`, then remove the work folder."""
+    if not count:
         raise VideoError(f"{src}: has no frames to upscale; {CORRUPT_FIX}")
+    missing = sorted(set(range(count)) - work.finished())
+    if missing:  # every process went to the end: each of its pieces is finished
+        raise VideoError(f"{dst}: piece {missing[0]} of {count} is missing from {work.folder}; rerun with --resume")
     with open_source(src) as source:
         matrix = source.display_matrix()
     with atomic_output(dst, overwrite=overwrite) as tmp:
-        join(pieces, src, probe, tmp, CONTAINERS[dst.suffix.lower()], matrix=matrix)
+        join([work.piece(k) for k in range(count)], src, probe, tmp, CONTAINERS[dst.suffix.lower()], matrix=matrix)
     shutil.rmtree(work.folder, ignore_errors=True)
 
 
-def finish_partial(work: Work, src: Path, dst: Path, probe: Probe) -> Path | None:
-    """The frames so far as a playable NAME.partial.EXT beside `dst`, with the sound up to their end."""
-    pieces = work.pieces() + ([work.pending] if work.pending.is_file() else [])
+def finish_partial(work: Work, src: Path, dst: Path, probe: Probe, pending: int | None) -> Path | None:
+    """The frames that play from the start (the finished pieces up to a gap, and this process's stopped piece when
+    it comes next) as a playable NAME.partial.EXT beside `dst`, with the sound up to their end."""
+    pieces = work.prefix()
+    if pending == len(pieces) and work.pending(pending).is_file():
+        pieces.append(work.pending(pending))
     if not pieces:
         return None
     partial = partial_name(dst)
