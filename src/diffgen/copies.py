@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffgen.data import Dataset, open_dataset, prepare
-from diffgen.errors import OptionError
+from diffgen.errors import ImageError, OptionError
 from diffgen.images import open_image, pil_to_tensor, to_mode, to_model_range
 
 FEATURE_SIDE = 16  # images are averaged down to at most this size
@@ -88,13 +88,14 @@ def reference_of(images: Tensor, names: tuple[str, ...], *, seed: int = 0) -> Re
 def data_reference(data: Dataset) -> Reference:
     """The reference of a training set at its size: the decoded images, or up to REFERENCE_LIMIT files decoded now."""
     step = max(1, -(-len(data) // REFERENCE_LIMIT))
-    chosen = range(0, len(data), step)
-    if data.images is not None:
-        images = [data.images[i] for i in chosen]
-    else:
-        images = [prepare(data.files[i], data.prep) for i in chosen]
+    images: dict[int, Tensor] = {}
+    for i in range(0, len(data), step):
+        try:
+            images[i] = data.images[i] if data.images is not None else prepare(data.files[i], data.prep)
+        except ImageError:  # gone or damaged since the data was checked: the trainer skips it too
+            continue
     root = common_root(data.files)
-    return reference_of(torch.stack(images), tuple(str(data.files[i].relative_to(root)) for i in chosen))
+    return reference_of(torch.stack(list(images.values())), tuple(str(data.files[i].relative_to(root)) for i in images))
 
 
 def common_root(files: list[Path]) -> Path:
