@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 import diffgen.files
 import diffgen.runs
+import diffgen.step_memory
 import diffgen.train
 from diffgen.checkpoint import load_model
 from diffgen.config import TrainConfig
@@ -149,7 +150,7 @@ def test_an_unwritable_out_parent_is_refused_before_any_work(class_folder, tmp_p
 
 
 def test_a_job_that_cannot_fit_in_memory_is_refused_with_the_estimate(class_folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(diffgen.train, "available_memory", lambda device: 100 << 20)
+    monkeypatch.setattr(diffgen.step_memory, "available_memory", lambda device: 100 << 20)
     with pytest.raises(OptionError, match=r"--image-size 64 --batch-size 8 --grad-accum 1: training needs about "
                                           r"0.3 GiB \(0.3 GiB for a micro-batch of 8, .*\), and 0.1 GiB is available "
                                           r"on cpu; at most 2 image\(s\) per micro-batch fit: raise --grad-accum"):
@@ -160,7 +161,7 @@ def test_a_job_that_cannot_fit_in_memory_is_refused_with_the_estimate(class_fold
 
 
 def test_the_memory_estimate_grows_with_the_micro_batch_and_the_image():
-    from diffgen.train import training_memory
+    from diffgen.step_memory import training_memory
     from diffgen.unet import preset
 
     unet = preset("tiny", in_channels=3, num_classes=2)
@@ -193,7 +194,7 @@ def test_the_most_common_channel_count_wins_and_is_noted(tmp_path):
 def test_the_final_checkpoint_is_written_before_the_final_sample_grid(class_folder, tmp_path, monkeypatch):
     order, save_model, write_samples = [], diffgen.train.save_model, diffgen.train.write_samples
     monkeypatch.setattr(diffgen.train, "save_model", lambda *a, **k: (order.append("model"), save_model(*a, **k)))
-    monkeypatch.setattr(diffgen.train, "write_samples", lambda *a: (order.append("samples"), write_samples(*a)))
+    monkeypatch.setattr(diffgen.train, "write_samples", lambda *a: (order.append("samples"), write_samples(*a))[1])
     train(config(class_folder, tmp_path / "r", max_steps=2))
     assert order == ["model", "samples"]
 
@@ -216,7 +217,7 @@ def test_resuming_a_finished_run_says_so_and_how_to_go_on(class_folder, tmp_path
     r = invoke("train", class_folder, "--out", out, "--resume")
     assert r.exit_code == 0, r.output
     text = " ".join(r.output.split())
-    assert "already finished: it trained 2 steps; pass --max-steps N (more than 2) with --resume to go on" in text
+    assert "already finished: it trained 2 steps; pass --max-steps N (more than 2) or --time-budget with --resume to go on" in text
     assert "done:" not in text
 
 
@@ -245,7 +246,8 @@ def test_the_progress_bar_shows_no_stale_line_for_a_finished_resume(tmp_path, mo
 
 
 def test_the_expected_duration_is_said_once_from_the_first_steps():
-    from diffgen.train import Estimate, Pace
+    from diffgen.budget import Pace
+    from diffgen.events import Estimate
 
     now = [0.0]
     pace = Pace(start=100, total=1100, clock=lambda: now[0])

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from diffgen.budget import DURATION_RULE, parse_duration
 from diffgen.enums import Crop, Degrade, Precision, Prediction, ScheduleKind, Task
 from diffgen.errors import OptionError
 
@@ -65,12 +66,26 @@ class OneOf:
 
 
 @dataclass(frozen=True)
+class Duration:
+    """A length of time with units: 90s, 30m, 2h, 1h30m (budget.parse_duration)."""
+
+    def holds(self, value) -> bool:
+        try:
+            return parse_duration(value) > 0
+        except (TypeError, ValueError):
+            return False
+
+    def rule(self) -> str:
+        return DURATION_RULE
+
+
+@dataclass(frozen=True)
 class Setting:
     """What `train` needs to know about a setting besides its type and default."""
 
     help: str  # one line of --help
     flags: tuple[str, ...] = ()  # the option's names; default: --field-name
-    check: Range | OneOf | None = None  # None (an option left to its default) always passes
+    check: Range | OneOf | Duration | None = None  # None (an option left to its default) always passes
     check_task: Task | None = None  # the check applies to this task only
     upscale: Any = NO_VALUE  # the default for --task upscale where it differs (the bundled upscaler's recipe)
     upscale_only: str = ""  # why only --task upscale may change it from its default
@@ -113,6 +128,10 @@ class TrainConfig:
                              shown="2000, or the resumed run's")
     epochs: int | None = setting(None, "Passes over the data, instead of --max-steps.", check=AT_LEAST_1,
                                  resumable=True)  # overrides max_steps when set
+    time_budget: str | None = setting(  # sets max_steps after the first steps, then is cleared (budget.py)
+        None, "Train for this long instead (e.g. 90s, 30m, 2h, 1h30m): the steps are set from the pace of the "
+        "first ones; with --resume, for this much longer.", check=Duration(), resumable=True, metavar="DURATION",
+        shown="none: --max-steps")
     batch_size: int = setting(32, "Images per step (over all processes).", check=AT_LEAST_1)
     grad_accum: int = setting(1, "Split each batch into this many parts run one after another: less memory, the "
                               "same result (gradient accumulation).", check=AT_LEAST_1)
@@ -198,14 +217,19 @@ def check_config(cfg: TrainConfig, world: int = 1) -> None:
             raise OptionError(f"{option_name(f)} {shown(value)}: {s.check.rule()}")
         if s.upscale_only and cfg.task is not Task.UPSCALE and value != f.default:
             raise OptionError(f"{option_name(f)}: only for --task upscale ({s.upscale_only})")
+    check_given({key: getattr(cfg, key) for key in ("epochs", "time_budget")})  # max_steps always has a value
     if cfg.batch_size % (cfg.grad_accum * world):
         raise OptionError(f"--batch-size {cfg.batch_size}: must be a multiple of --grad-accum ({cfg.grad_accum}) "
                           f"times the number of processes ({world})")
 
 
+LENGTH = ("epochs", "max_steps", "time_budget")  # the settings that say how long a run is: one at a time
+
+
 def check_given(given: Mapping[str, Any]) -> None:
-    if {"max_steps", "epochs"} <= given.keys():
-        raise OptionError("--epochs and --max-steps: give one or the other")
+    if len(lengths := [key for key in LENGTH if given.get(key) is not None]) > 1:
+        first, second = (option_name(next(f for f in settings() if f.name == key)) for key in lengths[:2])
+        raise OptionError(f"{first} and {second}: give one or the other")
 
 
 def new_config(given: Mapping[str, Any]) -> TrainConfig:
@@ -223,8 +247,8 @@ def resumed(saved: TrainConfig, given: Mapping[str, Any]) -> TrainConfig:
     """The saved run's config with the settings given for its resume (by field name). Resumable ones replace
     the run's; any other must be the run's own value (the first command with --resume added still works)."""
     check_given(given)
-    if given.keys() & {"max_steps", "epochs"}:  # a new length replaces the old, whichever way each is given
-        given = {"max_steps": TrainConfig.max_steps, "epochs": None} | dict(given)
+    if given.keys() & set(LENGTH):  # a new length replaces the old, whichever way each is given
+        given = {"max_steps": TrainConfig.max_steps, "epochs": None, "time_budget": None} | dict(given)
     asked = replace(saved, **given)
     check_resume(asked, saved)
     return asked

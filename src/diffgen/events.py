@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diffgen.copies import Copies
 
 # The callback of work done in counted parts: sampling steps, images, tiles. Called with (done, total).
 Advance = Callable[[int, int], None]
@@ -45,6 +49,7 @@ class Started:
     out: Path
     step: int  # where it starts: 0, or the step a resumed run stopped at
     total: int
+    budget: float | None = None  # seconds of --time-budget, which sets `total` after the first steps
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,8 @@ class Estimate:
 
     seconds: float
     step: int  # the step it was made at
+    total: int | None = None  # the last step, where a time budget has just set it
+    budget: float | None = None  # the time budget in seconds, which the estimate includes grids and checkpoints for
 
 
 @dataclass(frozen=True)
@@ -64,4 +71,13 @@ class Finishing:
     sample_steps: int
 
 
-Event = StepDone | Note | Started | Estimate | Finishing
+@dataclass(frozen=True)
+class Sampled:
+    """A sample grid was written; with how many of its images are near-copies of training images (copies.py)."""
+
+    step: int
+    path: Path
+    copies: Copies | None = None  #, None where not checked (upscaling)
+
+
+Event = StepDone | Note | Started | Estimate | Finishing | Sampled

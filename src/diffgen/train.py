@@ -11,33 +11,33 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch.distributed import ReduceOp
 
 from diffgen.batches import Batches, aux_batches, residual_scale
+from diffgen.budget import Budget, Decision, Pace, parse_duration
 from diffgen.checkpoint import LoadedModel, ModelSpec, Task, check_spec, load_model, save_model
 from diffgen.config import TrainConfig, check_config, check_resume
+from diffgen.copies import Copies, Reference, check_copies, data_reference
 from diffgen.data import Crop, Dataset, open_dataset
 from diffgen.errors import DataError, DiffgenError, OptionError, TrainingInterrupted
-from diffgen.events import Estimate, Event, Finishing, Note, Started, StepDone
+from diffgen.events import Event, Finishing, Note, Sampled, Started, StepDone
 from diffgen.generate import sample_batch
 from diffgen.images import make_grid, save_image, tensor_to_pil, to_model_range
-from diffgen.memory import available_memory
 from diffgen.models import resolve
-from diffgen.objective import DiffusionLoss, learning_rate, trains_in_bf16, update_ema
+from diffgen.objective import DiffusionLoss, learning_rate, update_ema
 from diffgen.runs import (
     append_log, check_run_dir, clear_leftovers, log_file, model_file, resume_command, run_lock, sample_file,
     state_file, truncate_log, writing,
 )
 from diffgen.runtime import Ranks, all_ranks, any_rank, barrier, local_device, process_group, stop_requests
 from diffgen.state import read_state, restore_state, save_state, saved_spec, state_config, state_spec
-from diffgen.text import gib
+from diffgen.step_memory import check_memory
 from diffgen.transforms import downsample, upsample
 from diffgen.unet import PRESETS, UNet, UNetConfig, preset
 from diffgen.upscale import Sampling, upscale_tensor
@@ -130,10 +130,11 @@ class Trained:
 
 def train(
     cfg: TrainConfig, *, callback: Callable[[Event], None] | None = None, resume: bool = False,
-    command: str | None = None,
+    command: str | None = None, clock: Callable[[], float] = time.perf_counter,
 ) -> Trained:
-    """Train (or with `resume`, continue) a model; `command` is recorded in a new model's provenance."""
-    device = local_device(cfg.device)
+    """Train (or with `resume`, continue) a model; `command` is recorded in a new model's provenance. `clock`
+    times the steps (for the expected duration and --time-budget, which counts from here)."""
+    t0, device = clock(), local_device(cfg.device)
     with process_group(device) as ranks:
         notify = (callback or (lambda event: None)) if ranks.main else (lambda event: None)
         check_options(cfg, ranks)
@@ -155,7 +156,7 @@ def train(
         with run_lock(out, held=ranks.main):  # before the state is read: nobody else may be writing it
             if ranks.main:  # again: another trainer may have finished a run here while this one loaded its data
                 check_run_dir(out, Path(cfg.data_dir), resume)
-            return train_loop(cfg, data, spec, start, out, device, ranks, notify, resume)
+            return train_loop(cfg, data, spec, start, out, device, ranks, notify, resume, timer=(clock, t0))
 
 
 def open_run(
@@ -184,9 +185,10 @@ def open_run(
 def train_loop(
     cfg: TrainConfig, data: Dataset, spec: ModelSpec, start: torch.nn.Module | None, out: Path,
     device: torch.device, ranks: Ranks, notify: Callable[[Event], None], resume: bool,
+    timer: tuple[Callable[[], float], float] = (time.perf_counter, 0.0),
 ) -> Trained:
     """The training loop of `train`, on a checked run folder that this process holds; `start` is the
-    --init-from model, else the network is new."""
+    --init-from model, else the network is new; `timer` is the clock and when `train` started."""
     torch.manual_seed(cfg.seed)
     spec, model, ema, opt, step = open_run(cfg, spec, start, out, device, ranks, notify, resume)
     batches = Batches(data, cfg, ranks, first_k=step * cfg.grad_accum, on_skip=lambda text: notify(Note(text)))
@@ -196,9 +198,14 @@ def train_loop(
         sample_file(out, 0).parent.mkdir(parents=True, exist_ok=True)
     net = torch.nn.parallel.DistributedDataParallel(model) if ranks.world > 1 else model
     loss_fn = DiffusionLoss.of(spec, cfg)
+    # The copy check's training images, compared with every grid's samples; made before any timing starts.
+    reference = data_reference(data) if ranks.main and cfg.task is Task.GENERATE else None
+    budget = make_budget(cfg, LoadedModel(spec, ema.eval(), out), data, ranks, step, timer)
+    if budget:  # until the first steps are timed, a placeholder: the default length from here
+        cfg = replace(cfg, max_steps=step + TrainConfig.max_steps)
     if step < cfg.max_steps:  # else a resumed run that has finished: the caller says so
         notify(Started(len(data), spec.class_names, cfg.image_size, spec.channels, cfg.task is Task.UPSCALE,
-                       str(device), out, step, cfg.max_steps))
+                       str(device), out, step, cfg.max_steps, budget.seconds if budget else None))
 
     def checkpoint(at: int) -> None:
         if ranks.main:
@@ -207,7 +214,7 @@ def train_loop(
             with writing(model_file(out), cfg):
                 save_model(model_file(out), ema, replace(spec, train_steps=at))
 
-    first, smoothed, samples, pace = step, None, None, Pace(step, cfg.max_steps)
+    first, smoothed, samples, pace = step, None, None, Pace(step, cfg.max_steps, timer[0])
     with stop_requests() as stop:
         while step < cfg.max_steps:
             loss = all_ranks(train_step(net, opt, batches, spec, loss_fn, cfg, step), ranks)
@@ -219,21 +226,30 @@ def train_loop(
             update_ema(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
             step += 1
             smoothed = loss if smoothed is None else 0.98 * smoothed + 0.02 * loss
-            ips = (step - first) * cfg.batch_size / (pace.clock() - pace.t0)
+            ips = (step - first) * cfg.batch_size / max(pace.clock() - pace.t0, 1e-9)
             notify(StepDone(step, cfg.max_steps, smoothed, ips))
-            if estimate := pace.after(step):
+            if not budget and (estimate := pace.after(step)):
                 notify(estimate)
-            if ranks.main and step % cfg.log_every == 0:
-                record = {"step": step, "loss": loss, "lr": learning_rate(cfg, step - 1), "images_per_s": ips}
-                append_log(log_file(out), record, cfg)
+            record = {"step": step}  # log.jsonl's line for this step, written when it holds more
+            if step % cfg.log_every == 0:
+                record |= {"loss": loss, "lr": learning_rate(cfg, step - 1), "images_per_s": ips}
             sampling = ranks.main and (step % cfg.sample_every == 0 or step == cfg.max_steps)
             if step == cfg.max_steps:
                 notify(Finishing(step, grid_size(spec, data) if sampling else 0, cfg.sample_steps))
             if step % cfg.save_every == 0 or step == cfg.max_steps:
                 checkpoint(step)
             if sampling:  # after the checkpoint: a run stopped while sampling has lost nothing
-                samples = write_samples(out, LoadedModel(replace(spec, train_steps=step), ema.eval(), out), data, cfg, step)
-            if any_rank(bool(stop), ranks):
+                loaded = LoadedModel(replace(spec, train_steps=step), ema.eval(), out)
+                samples, copies = write_samples(out, loaded, data, cfg, step, reference)
+                record |= sampled(step, samples, copies, notify)
+            stopping = any_rank(bool(stop), ranks)
+            if budget and not stopping and (decision := budget.after(step, cfg.max_steps)):
+                if decision.total != cfg.max_steps:
+                    record["budget_steps"] = decision.total
+                cfg, spec = budgeted(cfg, spec, decision, first, notify)
+            if ranks.main and len(record) > 1:
+                append_log(log_file(out), record, cfg)
+            if stopping:
                 checkpoint(step)
                 raise TrainingInterrupted(f"stopped by {stop[0] if stop else 'a signal'} at step {step}; saved. "
                                           f"Continue with: {resume_command(cfg)}")
@@ -241,87 +257,53 @@ def train_loop(
                    step, step - first, smoothed, pace.clock() - pace.t0, samples)
 
 
-class Pace:
-    """The time per step, measured from the end of the first step (which warms up), and one estimate of
-    the time the remaining steps take: after ESTIMATE_STEPS steps, or sooner when they are slow."""
-
-    ESTIMATE_STEPS, ESTIMATE_SECONDS = 10, 10.0
-
-    def __init__(self, start: int, total: int, clock: Callable[[], float] = time.perf_counter):
-        self.start, self.total, self.clock = start, total, clock
-        self.t0 = clock()
-        self.warm: float | None = None  # when the first step ended
-        self.said = False
-
-    def after(self, step: int) -> Estimate | None:
-        """Call after each step: the estimate, once, else None."""
-        now = self.clock()
-        if step == self.start + 1:
-            self.warm = now
-            return None
-        timed = step - self.start - 1
-        if self.said or self.warm is None or step >= self.total:
-            return None
-        if timed < self.ESTIMATE_STEPS - 1 and now - self.warm < self.ESTIMATE_SECONDS:
-            return None
-        self.said = True
-        return Estimate((now - self.warm) / timed * (self.total - step), step)
+def make_budget(cfg: TrainConfig, loaded: LoadedModel, data: Dataset, ranks: Ranks, step: int,
+                timer: tuple[Callable[[], float], float]) -> Budget | None:
+    """--time-budget's. Until a sample grid has been timed, its time is one denoising pass of its images, timed
+    now by rank 0, times its sampling steps (upscaling: as many steps as its forward passes make up, a step's
+    forward and backward pass being about three forward passes)."""
+    if not cfg.time_budget:
+        return None
+    clock, images = timer[0], grid_size(loaded.spec, data)
+    if loaded.spec.task is Task.UPSCALE:
+        guess = {"grid_steps": images * cfg.sample_steps / (3 * cfg.batch_size / ranks.world)}
+    else:
+        guess = {"grid_seconds": grid_pass(loaded, images, clock) * cfg.sample_steps if ranks.main else 0.0}
+    return Budget(parse_duration(cfg.time_budget), step, sample_every=cfg.sample_every, save_every=cfg.save_every,
+                  t0=timer[1], clock=clock, **guess,
+                  agree=lambda value: all_ranks(value, ranks, ReduceOp.MAX if ranks.world > 1 else None))
 
 
-@dataclass(frozen=True)
-class MemoryNeed:
-    activations: int  # bytes autograd keeps for the backward pass of one micro-batch, in fp32
-    weights: int  # bytes of weights, gradients, AdamW's two moments and the EMA (fp32)
+def grid_pass(loaded: LoadedModel, n: int, clock: Callable[[], float]) -> float:
+    """Seconds of one denoising pass of n images: the mean of two, after one of a single image (which warms up)."""
+    labels = [0] * n if loaded.spec.class_names else None
+    sample_batch(loaded, [0], labels and labels[:1], steps=1)
+    start = clock()
+    sample_batch(loaded, list(range(n)), labels, steps=2)
+    return (clock() - start) / 2
 
 
-def training_memory(unet: UNetConfig, image_size: int, micro: int) -> MemoryNeed:
-    """What one training step of this U-Net needs: it runs on the meta device (shapes only, no data, no
-    memory), adding up the tensors autograd saves for the backward pass, which dominate the peak."""
-    with torch.device("meta"):
-        net = UNet(unet)
-        x = torch.empty(micro, unet.in_channels, image_size, image_size)
-        t = torch.zeros(micro, dtype=torch.long)
-        labels = torch.zeros(micro, dtype=torch.long) if unet.num_classes else None
-        side = image_size // unet.pixel_shuffle
-        cond = torch.empty(micro, unet.cond_channels, side, side) if unet.cond_channels else None
-    params = {id(p) for p in net.parameters()}
-    saved: dict[int, Tensor] = {}  # by identity: a tensor saved by two operations is stored once
-
-    def pack(tensor: Tensor) -> Tensor:
-        if id(tensor) not in params:
-            saved[id(tensor)] = tensor
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        net(x, t, labels, cond)
-    activations = sum(tensor.numel() * tensor.element_size() for tensor in saved.values())
-    return MemoryNeed(activations, 5 * 4 * sum(p.numel() for p in net.parameters()))
+def budgeted(cfg: TrainConfig, spec: ModelSpec, decision: Decision, first: int,
+             notify: Callable[[Event], None]) -> tuple[TrainConfig, ModelSpec]:
+    """The run's config and spec once the budget has set its last step. The config keeps the steps, not the
+    budget, so that a resume without --time-budget goes on to the same last step; the model records both."""
+    if decision.estimate:
+        notify(decision.estimate)
+    record = {"budget": cfg.time_budget or spec.extra["time_budget"]["budget"], "from_step": first,
+              "steps": decision.total}
+    return (replace(cfg, max_steps=decision.total, time_budget=None),
+            replace(spec, extra=spec.extra | {"time_budget": record}))
 
 
-def check_memory(spec: ModelSpec, cfg: TrainConfig, device: torch.device, ranks: Ranks) -> None:
-    """Refuse a run whose training step cannot fit in memory, with the estimate and the fix, rather than
-    be killed for it later. The estimate errs high (it counts every saved tensor), so only clear misfits
-    are refused."""
-    available = available_memory(device)
-    if available is None:
-        return
-    micro = cfg.batch_size // cfg.grad_accum // ranks.world
-    need = training_memory(spec.unet, cfg.image_size, micro)
-    activations = need.activations // (2 if trains_in_bf16(cfg.precision, device) else 1)
-    sharing = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1  # ranks on one machine
-    total = activations + need.weights
-    if sharing * total <= available:
-        return
-    fits = int((available / sharing - need.weights) // (activations / micro))
-    fix = (f"at most {fits} image(s) per micro-batch fit: raise --grad-accum (a micro-batch is --batch-size / "
-           "--grad-accum per process), or lower --batch-size or --image-size" if fits >= 1 else
-           "not even one image of this size fits: lower --image-size or choose a smaller --preset")
-    raise OptionError(
-        f"--image-size {cfg.image_size} --batch-size {cfg.batch_size} --grad-accum {cfg.grad_accum}: training needs "
-        f"about {gib(total)} ({gib(activations)} for a micro-batch of {micro}, {gib(need.weights)} for the weights "
-        f"and optimizer){f' in each of {sharing} processes' if sharing > 1 else ''}, and {gib(available)} is "
-        f"available on {device}; {fix}"
-    )
+def sampled(step: int, path: Path, copies: Copies | None, notify: Callable[[Event], None]) -> dict:
+    """Say that a grid was written, warn when its samples are mostly copies; what log.jsonl records of it."""
+    notify(Sampled(step, path, copies))
+    if copies is None:
+        return {}
+    if copies.memorising:
+        notify(Note(f"step {step}: {copies.copies} of the {copies.images} samples are near-copies of training images: "
+                    "the model is memorising its data; more images, fewer steps or a smaller --preset help"))
+    return copies.record()
 
 
 def load_data(cfg: TrainConfig, notify: Callable[[Event], None]) -> tuple[TrainConfig, Dataset]:
@@ -372,9 +354,11 @@ def grid_size(spec: ModelSpec, data: Dataset) -> int:
     return min(4, len(data)) if spec.task is Task.UPSCALE else 8 * max(1, len(spec.class_names))
 
 
-def write_samples(out: Path, loaded: LoadedModel, data: Dataset, cfg: TrainConfig, step: int) -> Path:
-    """A fixed-seed grid from the EMA model: one row per class, or bicubic | model | HR rows; returns its path."""
-    spec = loaded.spec
+def write_samples(out: Path, loaded: LoadedModel, data: Dataset, cfg: TrainConfig, step: int,
+                  reference: Reference | None) -> tuple[Path, Copies | None]:
+    """A fixed-seed grid from the EMA model: one row per class, or bicubic | model | HR rows; returns its path and,
+    for generation, how many of its images are near-copies of `reference`'s training images (copies.py)."""
+    spec, copies = loaded.spec, None
     if spec.task is Task.UPSCALE:
         hr = to_model_range(aux_batches(data, cfg, min(4, len(data))).get(0)[0])
         lr = downsample(hr, spec.scale)
@@ -386,7 +370,7 @@ def write_samples(out: Path, loaded: LoadedModel, data: Dataset, cfg: TrainConfi
         rows = max(1, len(spec.class_names))
         labels = [r for r in range(rows) for _ in range(ncols)] if spec.class_names else None
         images = sample_batch(loaded, list(range(rows * ncols)), labels, steps=cfg.sample_steps)
-        tiles = [tensor_to_pil(x) for x in images]
+        tiles, copies = [tensor_to_pil(x) for x in images], check_copies(images.cpu(), reference)
     path = sample_file(out, step)
     save_image(make_grid(tiles, ncols), path, overwrite=True)
-    return path
+    return path, copies

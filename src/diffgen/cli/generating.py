@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from diffgen.cli.base import (
-    DEVICE_HELP, MODEL_HELP, PRECISION_HELP, PlainCommand, app, console_err, fail, freeze_imports, labelled,
+    DEVICE_HELP, MODEL_HELP, PRECISION_HELP, PlainCommand, app, console, console_err, fail, freeze_imports, labelled,
     printable, run_command, stop_on_signals,
 )
-from diffgen.cli.output import ItemBar, report_done
+from diffgen.cli.output import ItemBar, copies_text, report_done
 from diffgen.enums import ImageFormat, Precision, Sampler, Spacing
 from diffgen.text import count_of
 
@@ -38,6 +38,7 @@ def generate(
     format: Annotated[ImageFormat, typer.Option("--format", case_sensitive=False, help="Image format.")] = ImageFormat.PNG,
     precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.AUTO,
     device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
+    check_copies: Annotated[Optional[Path], typer.Option(metavar="DATA_DIR", help="Then say how many images are near-copies of a training image in DATA_DIR, and the closest.", show_default="no check")] = None,
 ) -> None:
     """Generate images with a trained model. A second run into the same folder numbers its new images after the
     old ones; each PNG records the command that remakes it.
@@ -46,12 +47,14 @@ def generate(
       diffgen generate --n 16 --out imgs/
       diffgen generate --model runs/digits --class 7 --n 8 --out sevens/ --grid sevens.png
       diffgen generate --start 5 --n 1 --seed 0
+      diffgen generate --model runs/mine --n 64 --out imgs/ --check-copies data/mine
       torchrun --nproc_per_node=4 -m diffgen generate -n 10000 --out imgs/
     """
     import torch  # noqa: PLC0415
 
     from diffgen.api import check_generate_options  # noqa: PLC0415
     from diffgen.checkpoint import Task, with_precision  # noqa: PLC0415
+    from diffgen.copies import check_folder  # noqa: PLC0415
     from diffgen.errors import OptionError  # noqa: PLC0415
     from diffgen.generate import Outputs, check_outputs, class_index, first_index, fit_batch_size  # noqa: PLC0415
     from diffgen.images import SUFFIX_OF, format_of  # noqa: PLC0415
@@ -71,6 +74,10 @@ def generate(
         classes = tuple(class_index(loaded.spec.class_names, c) for c in class_ or ())
         batch, note = fit_batch_size(loaded, batch_size, n, guided=guidance > 0 and bool(loaded.spec.class_names))
         folder = out if out is not None or grid is not None else Path("generated")
+        if check_copies is not None and folder is None:
+            raise OptionError("--check-copies: it compares the image files; add --out DIR beside --grid")
+        if check_copies is not None:
+            check_folder(check_copies)
         outputs = Outputs(folder, first_index(folder, start, overwrite), n, grid, overwrite)
         fmt = SUFFIX_OF[format_of(format.value)]  # jpeg and JPG write .jpg files
         check_outputs(outputs, fmt, loaded.spec.image_size)
@@ -81,6 +88,8 @@ def generate(
         recipe = Recipe.of(loaded, seed=seed, steps=steps, sampler=sampler,
                            spacing=spacing, classes=classes, guidance=guidance, fmt=fmt)
         write_share(loaded, recipe, outputs, batch, ranks)
+        if check_copies is not None and ranks.main:
+            report_copies(outputs, fmt, loaded.spec, check_copies)
 
 
 def write_share(loaded, recipe, outputs: Outputs, batch: int, ranks) -> None:
@@ -120,6 +129,16 @@ def write_with_bar(loaded, recipe, outputs: Outputs, batch: int, share, *, show:
         except GenerationInterrupted as e:  # asked for, and what was made is kept: not an error
             console_err.print(printable(str(e)), style="yellow", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
+
+
+def report_copies(outputs: Outputs, fmt: str, spec, data_dir: Path) -> None:
+    """The copy check's line: how many of the images written are near-copies of a training image, the closest pairs."""
+    from diffgen.copies import check_files  # noqa: PLC0415
+
+    files = [outputs.image_path(i, fmt) for i in range(outputs.start, outputs.start + outputs.n)]
+    c = check_files(files, data_dir, size=spec.image_size, channels=spec.channels)
+    line = copies_text(c, [f.name for f in files])
+    console.print(labelled("warning:", "yellow", line) if c.memorising else line, highlight=False, soft_wrap=True)
 
 
 def made_text(outputs: Outputs) -> str:

@@ -69,15 +69,21 @@ class TrainBar:
         self.bar.console.print(printable(text), highlight=False, soft_wrap=True)
 
     def update(self, event) -> None:
-        from diffgen.events import Estimate, Finishing, Note, Started  # noqa: PLC0415
+        from diffgen.events import Estimate, Finishing, Note, Sampled, Started  # noqa: PLC0415
 
         if isinstance(event, Note):
             console_err.print(labelled("note:", "yellow", event.text), highlight=False, soft_wrap=True)
         elif isinstance(event, Started):
             self.say(started_text(event))
+        elif isinstance(event, Estimate) and event.budget:
+            self.say(f"time budget {duration(event.budget)}: training to step {event.total}; expected: about "
+                     f"{duration(event.seconds)} for the {event.total - event.step} steps to go, at the pace so far, "
+                     "sample grids and checkpoints included")
         elif isinstance(event, Estimate):
             self.say(f"expected: about {duration(event.seconds)} for the {self.total - event.step} steps to go, at "
                      "the pace of the first ones (sample grids and checkpoints add a little)")
+        elif isinstance(event, Sampled):
+            self.say(sampled_text(event))
         elif isinstance(event, Finishing):
             grid = (f" and a sample grid of {event.grid_images} images ({event.sample_steps} sampling steps each)"
                     if event.grid_images else "")
@@ -105,7 +111,22 @@ def started_text(event) -> str:
     size = f"{event.image_size}x{event.image_size} {COLOURS.get(event.channels, f'{event.channels}-channel')}"
     what = f"random {size} crops" if event.crops else f"resized to {size}"
     at = f"from step {event.step} " if event.step else ""
-    return f"training {at}to step {event.total} on {found}, {what}, on {event.device}, writing to {event.out}"
+    until = f"for {duration(event.budget)} (its steps are set after the first ones)" if event.budget else f"to step {event.total}"
+    return f"training {at}{until} on {found}, {what}, on {event.device}, writing to {event.out}"
+
+
+def sampled_text(event) -> str:
+    """'step 1000: samples/step_001000.png; copies: 2 of 80 (2%) ...'."""
+    text = f"step {event.step}: {event.path}"
+    return text if event.copies is None else f"{text}; {copies_text(event.copies)}"
+
+
+def copies_text(c, names: list[str] | None = None) -> str:
+    """The copy check (copies.Copies) in a line; with the samples' names, its closest pairs, else the closest one."""
+    shown = c.closest if names else c.closest[:1]
+    pairs = ", ".join(f"{names[i] + ' ~ ' if names else ''}{name} ({distance:.3f})" for i, name, distance in shown)
+    return (f"copies: {c.copies} of {c.images} ({c.share:.0%}) nearer a training image than {c.threshold:.3f}, the "
+            f"distance 95% of training images keep from their nearest other; closest: {pairs}")
 
 
 class ItemBar:

@@ -87,6 +87,7 @@ def train(ctx: typer.Context, **values: Any) -> None:
       diffgen train data/digits --out runs/digits --image-size 28 --max-steps 20000
       diffgen train data/photos --out runs/sr --task upscale --scale 4
       diffgen train data/digits --out runs/digits --resume
+      diffgen train data/digits --out runs/quick --time-budget 30m
       diffgen train my-photos --out runs/my-sr --task upscale --init-from upscale-x4 --lr 1e-4 --lr-decay --max-steps 2000
     """
     from diffgen.runs import state_file  # noqa: PLC0415
@@ -116,7 +117,7 @@ def report_trained(result, out: Path, *, resumed: bool) -> None:
 
     if resumed and not result.steps_run:
         console.print(f"already finished: it trained {result.step} steps; pass --max-steps N (more than "
-                      f"{result.step}) with --resume to go on", highlight=False, soft_wrap=True)
+                      f"{result.step}) or --time-budget with --resume to go on", highlight=False, soft_wrap=True)
         return
     if result.skipped:
         # Finished, but not on all the data: say so in the exit code too (see docs/guarantees.md).
