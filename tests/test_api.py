@@ -151,3 +151,18 @@ def test_denoise_blends_the_bundled_upscaler_with_its_clean_partner(model_file, 
     smooth_image(16, 16).save(tmp_path / "in.png")
     r = invoke("upscale", tmp_path / "in.png", "--model", model_file, "--denoise", 0.5)
     assert r.exit_code == 2 and "--denoise: only for the bundled upscale-x4" in r.output
+
+
+def test_scale_without_a_model_picks_the_bundled_upscaler_of_that_factor(tmp_path):
+    from diffgen.api import upscaler_for
+
+    assert upscaler_for(None, None, "cpu", "fp32", scale=2).spec.scale == 2
+    assert upscaler_for(None, None, "cpu", "fp32").spec.scale == 4
+    assert upscale(smooth_image(12, 10), scale=2).size == (24, 20)
+    with pytest.raises(OptionError, match=r"--scale 3: no bundled model upscales x3 \(bundled: x2, x4\)"):
+        upscaler_for(None, None, "cpu", "fp32", scale=3)
+    with pytest.raises(OptionError, match="--denoise: only for the bundled upscale-x4"):
+        upscaler_for(None, 0.5, "cpu", "fp32", scale=2)
+    smooth_image(12, 10).save(tmp_path / "in.png")
+    r = invoke("upscale", tmp_path / "in.png", "--scale", 2)
+    assert r.exit_code == 0 and (tmp_path / "in_x2.png").is_file(), r.output

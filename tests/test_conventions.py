@@ -48,8 +48,8 @@ def test_short_forms_of_count_output_and_scale(tmp_path):
     r = runner.invoke(app, ["generate", "-n", "2", "-o", str(tmp_path / "imgs"), "--steps", "2", "--format", "JPEG"])
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == ["00000.jpg", "00001.jpg"]
-    r = runner.invoke(app, ["upscale", str(tmp_path / "imgs" / "00000.jpg"), "-s", "2"])
-    assert r.exit_code == 2 and "--scale 2" in r.output  # the bundled model is x4: the short form reached the check
+    r = runner.invoke(app, ["upscale", str(tmp_path / "imgs" / "00000.jpg"), "-s", "3"])
+    assert r.exit_code == 2 and "--scale 3" in r.output  # no bundled model is x3: the short form reached the check
 
 
 # --- the shape of the source ------------------------------------------------------------------------------------

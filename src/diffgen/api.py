@@ -31,7 +31,7 @@ from diffgen.checkpoint import LoadedModel, Task, with_precision, wrong_task
 from diffgen.errors import OptionError
 from diffgen.generate import class_index, fit_batch_size, iter_images
 from diffgen.images import open_image
-from diffgen.models import DEFAULT_DENOISE, DENOISE_PARTNERS, blend, default_model, open_model
+from diffgen.models import DEFAULT_DENOISE, DENOISE_PARTNERS, blend, bundled_upscaler, default_model, open_model
 from diffgen.samplers import Sampler, Spacing, check_steps
 from diffgen.runtime import local_device
 from diffgen.upscale import DETAIL, MAX_SAMPLES, Sampling, check_memory, upscale_image, upscale_tiled
@@ -62,9 +62,13 @@ def model_for(model: Model, task: Task, device: str, precision: str) -> LoadedMo
     return model
 
 
-def upscaler_for(model: Model, denoise: float | None, device: str, precision: str) -> LoadedModel:
-    """The upscaler a `model` argument names; `denoise` (0 to 1) blends the bundled real-world upscaler with the
-    clean one it was fine-tuned from (`models.DENOISE_PARTNERS`): lower keeps more faint texture, and noise."""
+def upscaler_for(model: Model, denoise: float | None, device: str, precision: str, *, scale: int | None = None
+                 ) -> LoadedModel:
+    """The upscaler a `model` argument names (none: the bundled one of `scale`, x4 by default); `denoise` (0 to
+    1) blends the bundled real-world upscaler with the clean one it was fine-tuned from
+    (`models.DENOISE_PARTNERS`): lower keeps more faint texture, and noise."""
+    if model is None and scale is not None:
+        model = bundled_upscaler(scale)
     name = default_model(Task.UPSCALE) if model is None else model
     blendable = isinstance(name, str) and name in DENOISE_PARTNERS
     if denoise is None or (blendable and denoise == DEFAULT_DENOISE):
@@ -136,12 +140,12 @@ def upscale(
     A PIL image comes back as a PIL image of the same kind (grey, alpha, 16-bit); an image file's name is
     opened as the command opens it (upright by its EXIF orientation), and gives the pixels the command
     writes. A tensor, (3, h, w) or (B, 3, h, w) in [-1, 1], comes back as one of (…, 3, s·h, s·w) in
-    [-1, 1], computed as an image is, to 16-bit precision. `scale`, if given, must be the model's. `detail`
-    samples texture instead of the most faithful average (`upscale --detail`); `denoise` is `upscale --denoise`
-    (see `upscaler_for`)."""
+    [-1, 1], computed as an image is, to 16-bit precision. `scale` without a `model` picks the bundled
+    upscaler of that factor (2 or 4); with one, it must be the model's. `detail` samples texture instead of
+    the most faithful average (`upscale --detail`); `denoise` is `upscale --denoise` (see `upscaler_for`)."""
     sampling = upscale_sampling(steps=steps, eta=eta, samples=samples, seed=seed, detail=detail)
     check_tile(tile)
-    loaded = upscaler_for(model, denoise, device, precision)
+    loaded = upscaler_for(model, denoise, device, precision, scale=scale)
     check_upscaler(loaded, sampling, scale=scale)
     if isinstance(image, Tensor):
         return upscale_tensors(loaded, image, tile=tile, sampling=sampling, callback=callback)

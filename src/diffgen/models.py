@@ -12,7 +12,7 @@ import torch
 from diffgen import diffusers_models
 from diffgen.checkpoint import LoadedModel, Task, load_model
 from diffgen.diffusers_models.network import load_pipeline
-from diffgen.errors import CheckpointError
+from diffgen.errors import CheckpointError, OptionError
 from diffgen.hub import hub_model_file, is_repo_id, parse_repo
 from diffgen.runs import find_model
 
@@ -22,6 +22,7 @@ BUNDLED = {
     "emoji": ("emoji.safetensors", Task.GENERATE),
     "upscale-x4": ("upscale-x4.safetensors", Task.UPSCALE),  # trained on degraded inputs: JPEG, noise, blur
     "upscale-x4-clean": ("upscale-x4-clean.safetensors", Task.UPSCALE),  # on clean ones: best on clean PNG inputs
+    "upscale-x2": ("upscale-x2.safetensors", Task.UPSCALE),  # upscale-x4 made x2, fine-tuned on degraded inputs
 }
 
 # `upscale --denoise`: a bundled real-world upscaler and the clean one it was fine-tuned from, which `blend`
@@ -40,6 +41,17 @@ def weights_dir() -> Path:
 
 def default_model(task: Task) -> str:
     return next(name for name, (_, t) in BUNDLED.items() if t is task)
+
+
+def bundled_upscaler(scale: int) -> str:
+    """The bundled upscaler of a factor (`upscale --scale 2` without --model): upscale-x2, upscale-x4."""
+    factors = {int(name.removeprefix("upscale-x")): name for name, (_, task) in BUNDLED.items()
+               if task is Task.UPSCALE and name.removeprefix("upscale-x").isdigit()}
+    if scale not in factors:
+        raise OptionError(f"--scale {scale}: no bundled model upscales x{scale} (bundled: "
+                          f"{', '.join(f'x{f}' for f in sorted(factors))}); pass --model with one trained with "
+                          f"`diffgen train --task upscale --scale {scale}`")
+    return factors[scale]
 
 
 def resolve(model: str | None, task: Task, option: str = "--model") -> Path:
