@@ -351,3 +351,41 @@ def test_help_shows_defaults_written_as_words(command, default):
     r = runner.invoke(app, [command, "--help"], env={"COLUMNS": "300"})
     assert r.exit_code == 0
     assert f"[default: ({default})]" in r.output
+
+
+
+SPY_ON_TORCH_IMPORT = """
+import os, sys
+seen = []
+class Spy:  # records OMP_WAIT_POLICY when torch is first imported, which is when OpenMP reads it
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("OMP_WAIT_POLICY"))
+sys.meta_path.insert(0, Spy())
+sys.argv = ["diffgen", *sys.argv[1:]]
+from diffgen.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+print("policy at torch import:", seen)
+"""
+
+
+@pytest.mark.parametrize("command, given, expected", [("upscale", None, "PASSIVE"), ("upscale", "ACTIVE", "ACTIVE"),
+                                                      ("generate", None, None)])
+def test_upscale_loads_torch_with_passive_openmp_threads_unless_told_otherwise(tmp_path, command, given, expected):
+    """Spinning OpenMP threads slow an upscale several times beside another busy program; generate's small ops
+    are faster with them (README, Speed)."""
+    import os
+    import subprocess
+    import sys
+
+    from test_upscale import smooth_image
+
+    smooth_image(8, 8).save(tmp_path / "in.png")
+    args = ["upscale", str(tmp_path / "in.png")] if command == "upscale" else ["generate", "-n", "1", "--steps", "1",
+                                                                               "--out", str(tmp_path)]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": given} if given else {})
+    done = subprocess.run([sys.executable, "-c", SPY_ON_TORCH_IMPORT, *args], capture_output=True, text=True, env=env)
+    assert f"policy at torch import: [{expected!r}]" in done.stdout, done.stdout + done.stderr

@@ -28,7 +28,7 @@ STEPS_HELP = "Denoising steps: 1 is the most faithful (highest PSNR); more add s
 def upscale(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False, metavar="IMAGES")],
     model: Annotated[Optional[str], typer.Option(help=MODEL_HELP, metavar="MODEL", show_default="upscale-x4")] = None,
-    scale: Annotated[Optional[int], typer.Option("--scale", "-s", help="How many times larger: the model's factor.", show_default="the model's")] = None,
+    scale: Annotated[Optional[int], typer.Option("--scale", "-s", help="How many times larger: 4 or 2 with the bundled models (upscale-x4, upscale-x2), else the --model's factor.", show_default="4, or the --model's")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output file (its suffix sets the format), or folder: sub-folders of inputs are mirrored in it.", show_default="beside each input")] = None,
     suffix: Annotated[Optional[str], typer.Option(help="Added to output names.", show_default="_x4 for x4")] = None,
     format: Annotated[Optional[ImageFormat], typer.Option("--format", case_sensitive=False, help="Output format.", show_default="png, or the --out file's")] = None,
@@ -64,10 +64,18 @@ def upscale(
       diffgen upscale photos/ --recursive --out big/ --format jpg
       diffgen upscale "scans/*.png" --skip-existing
       diffgen upscale cat.jpg --detail --width 1920
+      diffgen upscale phone.jpg --scale 2
       diffgen upscale clip.mp4 --codec h265
       torchrun --nproc_per_node=4 -m diffgen upscale photos/ --recursive --out big/
       torchrun --nproc_per_node=4 -m diffgen upscale clip.mp4
     """
+    import os  # noqa: PLC0415
+
+    # OpenMP threads sleep between the upscale's long convolutions instead of spinning: beside another busy
+    # program (a browser, a second job) spinning threads took the cores from it and each other, and an upscale
+    # ran 2.8x its quiet time instead of 1.6x (README, Speed). Read when torch first loads its OpenMP
+    # runtime; a value the user set is kept. Not for generate and train: their many small ops lose 8-29%.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch  # noqa: PLC0415
 
     from diffgen.api import upscale_sampling  # noqa: PLC0415
@@ -304,6 +312,6 @@ def open_upscaler(model: str | None, denoise: float | None, device: str, precisi
     from diffgen.api import check_tile, check_upscaler, upscaler_for  # noqa: PLC0415
 
     check_tile(tile)
-    loaded = upscaler_for(model, denoise, device, precision.value)
+    loaded = upscaler_for(model, denoise, device, precision.value, scale=scale)
     check_upscaler(loaded, sampling, scale=scale)
     return loaded
