@@ -7,12 +7,16 @@ is the mean absolute difference of luma (Y, 0-255) between consecutive frames af
 inside a margin that keeps edge effects out. A perfectly stable upscaler has the flicker of the ground
 truth, 0; the clean input has 0 too. The second clip JPEG-compresses each LR frame (quality 50), as a
 streamed video would be: the blocks stay put while the picture moves, so the input itself flickers.
+With `--hr-step N` the crop moves N output pixels a frame and each LR frame is its HR frame shrunk, as a
+camera at the low resolution records a scene moving by a fraction of its pixels: every LR frame is then
+sampled afresh, and bicubic flickers too.
 
 Frames go through `video.job.upscale_frame`, the function `upscale_video` calls for each frame (same
 tiles, the same seed for every frame), without a video codec's own loss. Goal (issue 20): diffgen's
 flicker at most bicubic's + 10%, and PSNR above bicubic's on every frame.
 
     python benchmarks/video_flicker.py                          # 24 frames of 256x192 at x4
+    python benchmarks/video_flicker.py --hr-step 1              # a pan by a quarter of an input pixel a frame
     python benchmarks/video_flicker.py --frames 6 --size 128 96 --json flicker.json
 """
 
@@ -41,9 +45,21 @@ def china() -> Image.Image:
     return Image.fromarray(load_sample_image("china.jpg"))
 
 
-def panning_clip(photo: Image.Image, size: tuple[int, int], frames: int, scale: int, jpeg: int | None, step: int):
-    """(LR frames, HR frames): crops moving right `step` LR pixels a frame; LR frames JPEG-compressed if asked."""
+def panning_clip(photo: Image.Image, size: tuple[int, int], frames: int, scale: int, jpeg: int | None, step: int,
+                 hr_step: int | None = None):
+    """(LR frames, HR frames): crops moving right `step` LR pixels a frame; LR frames JPEG-compressed if asked.
+
+    With `hr_step`, the crops move that many HR pixels a frame and each LR frame is its HR frame shrunk, as a
+    camera at the low resolution samples a scene that moves by a fraction of its pixels."""
     w, h = size
+    if hr_step is not None:
+        need = w + hr_step * frames
+        if need > photo.width or h > photo.height:
+            raise SystemExit(f"the photo is {photo.width}x{photo.height}; {frames} frames of {w}x{h} need {need}x{h}")
+        top = (photo.height - h) // 2
+        hr = [photo.crop((hr_step * t, top, hr_step * t + w, top + h)) for t in range(frames)]
+        lr = [f.resize((w // scale, h // scale), Image.Resampling.BICUBIC) for f in hr]
+        return [jpeg_round_trip(f, jpeg) if jpeg else f for f in lr], hr
     need = w + scale * step * frames
     if need > photo.width or h > photo.height:
         raise SystemExit(f"the photo is {photo.width}x{photo.height}; {frames} frames of {w}x{h} need {need}x{h}")
@@ -73,14 +89,14 @@ def flicker(frames: list[Image.Image], shift: int, margin: int) -> float:
     return float(np.mean(diffs))
 
 
-def measure(loaded, lr: list[Image.Image], hr: list[Image.Image], sampling: Sampling, step: int) -> dict:
+def measure(loaded, lr: list[Image.Image], hr: list[Image.Image], sampling: Sampling, hr_step: int) -> dict:
     s = loaded.spec.scale
     ours = [Image.fromarray(upscale_frame(loaded, np.asarray(f), tile=None, sampling=sampling)) for f in lr]
     bicubic = [bicubic_upscale(f, s) for f in lr]
     psnr = {"diffgen": [score(o, h, s).psnr for o, h in zip(ours, hr)],
             "bicubic": [score(b, h, s).psnr for b, h in zip(bicubic, hr)]}
-    hr_step = s * step
-    return {"flicker": {"input (LR)": flicker(lr, step, MARGIN), "ground truth (HR)": flicker(hr, hr_step, s * MARGIN),
+    moved = {"input (LR)": flicker(lr, hr_step // s, MARGIN)} if hr_step % s == 0 else {}  # whole LR pixels only
+    return {"flicker": {**moved, "ground truth (HR)": flicker(hr, hr_step, s * MARGIN),
                         "bicubic": flicker(bicubic, hr_step, s * MARGIN), "diffgen": flicker(ours, hr_step, s * MARGIN)},
             "psnr_per_frame": psnr,
             "frames_above_bicubic": sum(d > b for d, b in zip(psnr["diffgen"], psnr["bicubic"]))}
@@ -105,6 +121,8 @@ def main() -> None:
                         help="of the output (HR) frames, multiples of the scale")
     parser.add_argument("--jpeg", type=int, default=50, help="JPEG quality of the compressed clip's LR frames")
     parser.add_argument("--step", type=int, default=1, help="LR pixels the crop moves a frame")
+    parser.add_argument("--hr-step", type=int, default=None,
+                        help="instead: HR pixels the crop moves a frame, each LR frame shrunk from its HR frame")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -112,12 +130,13 @@ def main() -> None:
     photo = china()
     rows = {}
     for name, jpeg in (("clean", None), (f"jpeg q{args.jpeg}", args.jpeg)):
-        lr, hr = panning_clip(photo, tuple(args.size), args.frames, loaded.spec.scale, jpeg, args.step)
-        rows[name] = measure(loaded, lr, hr, Sampling(), args.step)
+        lr, hr = panning_clip(photo, tuple(args.size), args.frames, loaded.spec.scale, jpeg, args.step, args.hr_step)
+        hr_step = args.hr_step if args.hr_step is not None else loaded.spec.scale * args.step
+        rows[name] = measure(loaded, lr, hr, Sampling(), hr_step)
         report(name, rows[name], args.frames)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"frames": args.frames, "size": args.size, "step": args.step, "precision": loaded.precision, **rows},
+            json.dump({"frames": args.frames, "size": args.size, "step": args.step, "hr_step": args.hr_step, "precision": loaded.precision, **rows},
                       f, indent=1)
 
 
