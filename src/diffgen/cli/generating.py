@@ -54,7 +54,6 @@ def generate(
 
     from diffgen.api import check_generate_options  # noqa: PLC0415
     from diffgen.checkpoint import Task, with_precision  # noqa: PLC0415
-    from diffgen.copies import check_folder  # noqa: PLC0415
     from diffgen.errors import OptionError  # noqa: PLC0415
     from diffgen.generate import Outputs, check_outputs, class_index, first_index, fit_batch_size  # noqa: PLC0415
     from diffgen.images import SUFFIX_OF, format_of  # noqa: PLC0415
@@ -77,6 +76,8 @@ def generate(
         if check_copies is not None and folder is None:
             raise OptionError("--check-copies: it compares the image files; add --out DIR beside --grid")
         if check_copies is not None:
+            from diffgen.copies import check_folder  # noqa: PLC0415 - only then: it loads the data module
+
             check_folder(check_copies)
         outputs = Outputs(folder, first_index(folder, start, overwrite), n, grid, overwrite)
         fmt = SUFFIX_OF[format_of(format.value)]  # jpeg and JPG write .jpg files
