@@ -78,7 +78,7 @@ def upscaler_for(model: Model, denoise: float | None, device: str, precision: st
     if not blendable:
         named = name if isinstance(name, (str, Path)) else name.path
         raise OptionError(f"--denoise: only for the bundled {', '.join(DENOISE_PARTNERS)}, whose clean partner it "
-                          f"blends in; leave it out with --model {named}")
+                          f"blends in; leave it out for {named}")
     strong, gentle = (load_model(m, Task.UPSCALE, device=device, precision="fp32") for m in (name, DENOISE_PARTNERS[name]))
     return with_precision(blend(gentle, strong, denoise), precision)
 
