@@ -116,6 +116,19 @@ def test_a_budget_counts_grids_and_checkpoints_and_every_rank_takes_the_slowest_
     assert sorted(decisions) == [2, 3, 5, 9, 10]  # after 1, 2, 4, 8 timed steps, and each grid or checkpoint
 
 
+def test_a_run_cut_short_by_a_busy_spell_grows_again_when_the_pace_recovers():
+    now, total, step = [0.0], 1000, 0
+    budget = Budget(100.0, 0, sample_every=1000, save_every=1000, t0=0.0, clock=lambda: now[0])
+    while step < total:
+        step += 1
+        now[0] += 4.0 if 17 <= step <= 32 else 1.0  # another job takes the core for 16 steps
+        if decision := budget.after(step, total):
+            total = decision.total
+    # At step 33, 81 s in, the measured pace was mostly the slow steps' (3.8 s): the 19 s left allowed 4 more, and
+    # the run would have ended at 85 s. Deciding after each of the last steps, the budget sees the pace recover.
+    assert now[0] == pytest.approx(100.0, abs=2.0) and step > 49
+
+
 def test_budget_options_are_checked_like_the_others():
     with pytest.raises(OptionError, match="--time-budget 30: give a duration with units, such as 90s, 30m, 2h or 1h30m"):
         train(TrainConfig(Path("d"), time_budget="30"))

@@ -18,8 +18,9 @@ the guess slows down with the steps when the machine gets busier; or `grid_steps
 checkpoint's extra is 0 until one is timed. The budget takes the largest N whose predicted end is
 within it (but not one before SAY_STEPS steps are timed, so that a first guess cannot end the run), and
 decides again as it learns: after 1, 2, 4, 8 and then every 16 timed steps (so the first
-decision comes two steps in and the later ones follow the pace as it settles or drifts) and after each
-timed grid or checkpoint. The plain pace is the mean of the later half of the
+decision comes two steps in and the later ones follow the pace as it settles or drifts), after each
+timed grid or checkpoint, and after each of the last FINAL_STEPS steps before the chosen end (a busy
+spell that set an early end must not end the run before the pace has recovered). The plain pace is the mean of the later half of the
 plain steps timed so far. Under torchrun each rank measures its own numbers; every decision takes the
 largest of each over the ranks (`agree`), so all ranks compute the same N. Torch-free.
 """
@@ -103,6 +104,7 @@ class Budget:
     """Fits the last step of a run to a wall-clock budget; see the module's docstring."""
 
     SAY_STEPS, SAY_SECONDS = 8, 10.0  # the estimate is shown once this many steps, or seconds of steps, are timed
+    FINAL_STEPS = 16  # decide after each of a run's last steps, so that a run cut short by a busy spell can grow again
 
     def __init__(self, seconds: float, start: int, *, sample_every: int, save_every: int, t0: float,
                  grid_seconds: float | None = None, grid_steps: float = 0.0,
@@ -130,7 +132,8 @@ class Budget:
             self.warm = now
         self.last = now
         count = step - self.start - 1  # iterations timed
-        if not timed or step >= total or not (count in (1, 2, 4, 8) or count % 16 == 0 or any(self.kind(step))):
+        due = count in (1, 2, 4, 8) or count % 16 == 0 or any(self.kind(step)) or total - step <= self.FINAL_STEPS
+        if not timed or step >= total or not due:
             return None
         return self.decide(step, self.costs(now, count))
 
