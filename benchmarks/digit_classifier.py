@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 from pathlib import Path
 
+import classifiers  # beside this file
 import numpy as np
 import torch
 import torch.nn.functional as F
+from classifiers import fit, predict, read_metadata  # predict and read_metadata: also for digits_quality
 from PIL import Image
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -89,15 +89,7 @@ def load_digits(root: Path = DATA) -> tuple[Tensor, Tensor]:
 
 def split(labels: Tensor, cfg: ClassifierConfig) -> tuple[Tensor, Tensor]:
     """Indices of the training and held-out digits: the same share of each class held out."""
-    g = torch.Generator().manual_seed(cfg.split_seed)
-    train, held = [], []
-    for c in range(10):
-        idx = torch.nonzero(labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        k = round(len(idx) * cfg.holdout)
-        held.append(idx[:k])
-        train.append(idx[k:])
-    return torch.cat(train), torch.cat(held)
+    return classifiers.split(labels, cfg.holdout, cfg.split_seed)
 
 
 def shift(x: Tensor, max_shift: int, g: torch.Generator) -> Tensor:
@@ -110,45 +102,18 @@ def shift(x: Tensor, max_shift: int, g: torch.Generator) -> Tensor:
     return F.grid_sample(x + 1, grid, mode="nearest", align_corners=False) - 1
 
 
-@torch.no_grad()
-def predict(model: DigitNet, x: Tensor, batch_size: int = 500) -> tuple[Tensor, Tensor]:
-    """Predicted classes (B,) and penultimate features (B, D) of classifier inputs."""
-    feats = torch.cat([model.features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-    return model.classify(feats).argmax(1), feats
-
-
 def train(cfg: ClassifierConfig = ClassifierConfig(), path: Path = WEIGHTS, *, log=print) -> DigitNet:
     """Train on the training split, report held-out accuracy, save to `path`."""
     torch.manual_seed(cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed)
     pixels, labels = load_digits()
     train_idx, held_idx = split(labels, cfg)
-    x, y = to_input(pixels[train_idx]), labels[train_idx]
     model = DigitNet(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    steps = cfg.epochs * -(-len(x) // cfg.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
-    start = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        model.train()
-        for batch in torch.randperm(len(x), generator=g).split(cfg.batch_size):
-            loss = F.cross_entropy(model(shift(x[batch], cfg.max_shift, g)), y[batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            schedule.step()
-        model.eval()
-        acc = (predict(model, to_input(pixels[held_idx]))[0] == labels[held_idx]).float().mean().item()
-        log(f"epoch {epoch + 1}/{cfg.epochs}: last-batch loss {loss.item():.4f}, held-out accuracy {acc:.4f}, "
-            f"{time.perf_counter() - start:.0f}s")
-    metadata = {"config": json.dumps(asdict(cfg)), "holdout_accuracy": f"{acc:.4f}", "train_images": str(len(x))}
+    acc = fit(model, torch.optim.Adam(model.parameters(), lr=cfg.lr), (to_input(pixels[train_idx]), labels[train_idx]),
+              (to_input(pixels[held_idx]), labels[held_idx]), epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+              augment=lambda x, g: shift(x, cfg.max_shift, g), g=torch.Generator().manual_seed(cfg.seed), log=log)
+    metadata = {"config": json.dumps(asdict(cfg)), "holdout_accuracy": f"{acc:.4f}", "train_images": str(len(train_idx))}
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=metadata)
     return model
-
-
-def read_metadata(path: Path = WEIGHTS) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
 
 
 def load_classifier(path: Path = WEIGHTS) -> tuple[DigitNet, ClassifierConfig]:

@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -36,6 +37,7 @@ from digit_classifier import (  # beside this file
     split,
     to_input,
 )
+from PIL import Image
 
 from diffgen.checkpoint import LoadedModel, Task
 from diffgen.errors import DiffgenError
@@ -113,15 +115,25 @@ def evaluate(
     *, seed: int = 0, batch_size: int = 50,
 ) -> dict:
     """Generate n digits (classes cycling) with one setting and score them."""
+    def judge(images: list[Image.Image], labels: np.ndarray) -> dict:
+        pred, feats = predict(classifier()[0], images_to_input(images))
+        return scores(pred.numpy(), labels, feats.numpy())
+
+    return evaluate_with(judge, loaded, n, steps, sampler, guidance, seed=seed, batch_size=batch_size)
+
+
+def evaluate_with(
+    judge: Callable[[list[Image.Image], np.ndarray], dict], loaded: LoadedModel, n: int, steps: int,
+    sampler: Sampler, guidance: float = 0.0, *, seed: int = 0, batch_size: int = 50,
+) -> dict:
+    """Generate n images (classes cycling) with one setting; the setting, judge(images, labels) and the seconds."""
     start = time.perf_counter()
     images = generate_images(loaded, n, seed=seed, steps=steps, sampler=sampler, guidance=guidance,
                              batch_size=batch_size)
     seconds = time.perf_counter() - start
-    pred, feats = predict(classifier()[0], images_to_input([g.image for g in images]))
-    labels = np.array([g.label for g in images])
     setting = f"{sampler.value} {steps} steps, w={guidance:g}"
     return {"setting": setting, "sampler": sampler.value, "steps": steps, "guidance": guidance, "seed": seed,
-            **scores(pred.numpy(), labels, feats.numpy()), "sample_seconds": round(seconds, 1)}
+            **judge([g.image for g in images], np.array([g.label for g in images])), "sample_seconds": round(seconds, 1)}
 
 
 def print_table(rows: list[dict]) -> None:
