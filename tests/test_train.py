@@ -275,6 +275,16 @@ def test_a_fine_tune_resumes_with_the_network_it_started_from(photo_folder, tmp_
     assert resumed.unet == load_model(first).spec.unet and resumed.train_steps == 4
 
 
+def test_a_fine_tune_at_another_size_says_the_models_own(class_folder, tmp_path):
+    from diffgen.events import Note
+
+    first = train(config(class_folder, tmp_path / "first", image_size=16, max_steps=1)).model_path
+    notes = []
+    train(config(class_folder, tmp_path / "tuned", image_size=32, max_steps=1, init_from=str(first)),
+          callback=lambda e: notes.append(e.text) if isinstance(e, Note) else None)
+    assert any("trained at 16x16: --image-size 16 keeps its size" in n for n in notes)
+
+
 def test_init_from_refuses_a_model_for_other_data(class_folder, photo_folder, tmp_path):
     generator = train(config(class_folder, tmp_path / "gen", max_steps=1)).model_path
     with pytest.raises(OptionError, match="--init-from .*: task generate in the model, upscale in this run"):
