@@ -295,13 +295,15 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000, help="samples scored per run [default: 1000]")
     p.add_argument("--steps", type=int, default=10, help="sampling steps [default: 10, generate's]")
     p.add_argument("--sampler", default=Sampler.UNIPC.value, choices=[s.value for s in Sampler])
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch threads for scoring (each training run has one) [default: all cores]")
     p.add_argument("--train-only", action="store_true", help="train, do not score")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    torch.set_num_threads(1)
     train_all(args.data, args.budgets, args.sides, args.runs)
     if args.train_only:
         return
+    torch.set_num_threads(args.threads)
     rows = score(args.data, args.budgets, args.sides, args.runs, args.n, args.steps, Sampler(args.sampler))
     print_table(rows)
     if args.json:
