@@ -101,7 +101,7 @@ def fine_tuned(cfg: TrainConfig, spec: ModelSpec, notify: Callable[[Event], None
         raise OptionError(f"--image-size {cfg.image_size}: the model in {name} needs a multiple of {src.unet.size_multiple}")
     notify(Note(f"fine-tuning {start.path} (trained {src.train_steps} steps): its U-Net, {src.prediction.value} "
                 f"target and {src.schedule.value} schedule are kept"))
-    if cfg.image_size != src.image_size:
+    if src.task is Task.GENERATE and cfg.image_size != src.image_size:  # an upscaler's size is only its crops'
         notify(Note(f"training at {cfg.image_size}x{cfg.image_size}, the model was trained at {src.image_size}x"
                     f"{src.image_size}: --image-size {src.image_size} keeps its size"))
     extra = spec.extra | {"init_from": str(start.path), "init_steps": src.train_steps}
