@@ -15,6 +15,7 @@ from here have this folder on sys.path, which is also how `digit_classifier` is 
 Usage (run from the repository root):
     python benchmarks/digits_quality.py --model runs/digits --n 200 --steps 25
     python benchmarks/digits_quality.py --steps 10 25 50 --guidance 0 2 --json quality.json
+    python benchmarks/digits_quality.py --sampler unipc --steps 10 --guidance 1 2 --guidance-interval 0.3,1.1
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 from digit_classifier import (  # beside this file
+    WEIGHTS,
     images_to_input,
     load_classifier,
     load_digits,
@@ -41,7 +43,8 @@ from PIL import Image
 
 from diffgen.checkpoint import LoadedModel, Task
 from diffgen.errors import DiffgenError
-from diffgen.generate import generate_images
+from diffgen.generate import generate_images, guidance_of
+from diffgen.recipe import interval_text
 from diffgen.models import open_model
 from diffgen.samplers import Sampler
 
@@ -111,28 +114,36 @@ def reference(n: int) -> dict:
 
 
 def evaluate(
-    loaded: LoadedModel, n: int, steps: int, sampler: Sampler = Sampler.DDIM, guidance: float = 0.0,
-    *, seed: int = 0, batch_size: int = 50,
+    loaded: LoadedModel, n: int, steps: int, sampler: Sampler = Sampler.DDIM, guidance: float | None = None,
+    *, interval: str | None = None, seed: int = 0, batch_size: int = 50,
 ) -> dict:
     """Generate n digits (classes cycling) with one setting and score them."""
     def judge(images: list[Image.Image], labels: np.ndarray) -> dict:
         pred, feats = predict(classifier()[0], images_to_input(images))
         return scores(pred.numpy(), labels, feats.numpy())
 
-    return evaluate_with(judge, loaded, n, steps, sampler, guidance, seed=seed, batch_size=batch_size)
+    return evaluate_with(judge, loaded, n, steps, sampler, guidance, interval=interval, seed=seed,
+                         batch_size=batch_size)
 
 
 def evaluate_with(
     judge: Callable[[list[Image.Image], np.ndarray], dict], loaded: LoadedModel, n: int, steps: int,
-    sampler: Sampler, guidance: float = 0.0, *, seed: int = 0, batch_size: int = 50,
+    sampler: Sampler, guidance: float | None = None, *, interval: str | None = None, seed: int = 0,
+    batch_size: int = 50,
 ) -> dict:
-    """Generate n images (classes cycling) with one setting; the setting, judge(images, labels) and the seconds."""
+    """Generate n images (classes cycling) with one setting; the setting, judge(images, labels) and the seconds.
+
+    guidance and interval (--guidance-interval's "LOW,HIGH" or "all") left at None are the model's own, as
+    `diffgen generate` takes them."""
+    guidance, interval = guidance_of(loaded.spec, guidance, interval)
     start = time.perf_counter()
     images = generate_images(loaded, n, seed=seed, steps=steps, sampler=sampler, guidance=guidance,
-                             batch_size=batch_size)
+                             guidance_interval=interval, batch_size=batch_size)
     seconds = time.perf_counter() - start
     setting = f"{sampler.value} {steps} steps, w={guidance:g}"
-    return {"setting": setting, "sampler": sampler.value, "steps": steps, "guidance": guidance, "seed": seed,
+    setting += f" in {interval_text(interval)}" if guidance and interval else ""
+    return {"setting": setting, "sampler": sampler.value, "steps": steps, "guidance": guidance,
+            "guidance_interval": interval, "seed": seed,
             **judge([g.image for g in images], np.array([g.label for g in images])), "sample_seconds": round(seconds, 1)}
 
 
@@ -150,7 +161,10 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000, help="Digits per setting, classes cycling [default: 1000].")
     p.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50], help="Sampling steps [default: 10 25 50].")
     p.add_argument("--sampler", default="ddim", choices=[s.value for s in Sampler], help="Sampler [default: ddim].")
-    p.add_argument("--guidance", type=float, nargs="+", default=[0.0], help="Guidance weights w [default: 0].")
+    p.add_argument("--guidance", type=float, nargs="+", default=[None],
+                   help="Guidance weights w [default: the model's own, 0 for most].")
+    p.add_argument("--guidance-interval", metavar="LOW,HIGH",
+                   help="Noise levels σ to guide at, or all [default: the model's own, all for most].")
     p.add_argument("--seed", type=int, default=0, help="Run seed [default: 0].")
     p.add_argument("--threads", type=int, default=1, help="Torch CPU threads [default: 1].")
     p.add_argument("--json", help="Also write the results to this JSON file.")
@@ -166,11 +180,12 @@ def main() -> None:
     rows = [reference(args.n)]
     for steps in args.steps:
         for w in args.guidance:
-            rows.append(evaluate(loaded, args.n, steps, Sampler(args.sampler), w, seed=args.seed))
+            rows.append(evaluate(loaded, args.n, steps, Sampler(args.sampler), w, interval=args.guidance_interval,
+                                 seed=args.seed))
     print_table(rows)
     if args.json:
         out = {"model": str(loaded.path), "train_steps": loaded.spec.train_steps,
-               "classifier_holdout_accuracy": float(read_metadata()["holdout_accuracy"]), "results": rows}
+               "classifier_holdout_accuracy": float(read_metadata(WEIGHTS)["holdout_accuracy"]), "results": rows}
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
 

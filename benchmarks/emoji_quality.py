@@ -56,8 +56,8 @@ def reference(n: int) -> dict:
     return {"setting": "real held-out", **scores(real["held_pred"][:k], real["held_labels"][:k], real["held_feats"][:k])}
 
 
-def evaluate(loaded: LoadedModel, n: int, steps: int, sampler: Sampler = Sampler.UNIPC, guidance: float = 0.0,
-             *, seed: int = 0, batch_size: int = 50) -> dict:
+def evaluate(loaded: LoadedModel, n: int, steps: int, sampler: Sampler = Sampler.UNIPC,
+             guidance: float | None = None, *, interval: str | None = None, seed: int = 0, batch_size: int = 50) -> dict:
     """Generate n emoji (groups cycling) with one setting and score them."""
     groups = classifier()[2]
     if tuple(loaded.spec.class_names) != groups:
@@ -67,7 +67,8 @@ def evaluate(loaded: LoadedModel, n: int, steps: int, sampler: Sampler = Sampler
         pred, feats = predict(classifier()[0], images_to_input(images))
         return scores(pred.numpy(), labels, feats.numpy())
 
-    return evaluate_with(judge, loaded, n, steps, sampler, guidance, seed=seed, batch_size=batch_size)
+    return evaluate_with(judge, loaded, n, steps, sampler, guidance, interval=interval, seed=seed,
+                         batch_size=batch_size)
 
 
 def main() -> None:
@@ -76,7 +77,10 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000, help="Emoji per setting, groups cycling [default: 1000].")
     p.add_argument("--steps", type=int, nargs="+", default=[10], help="Sampling steps [default: 10].")
     p.add_argument("--sampler", default=Sampler.UNIPC.value, choices=[s.value for s in Sampler])
-    p.add_argument("--guidance", type=float, nargs="+", default=[0.0], help="Guidance weights w [default: 0].")
+    p.add_argument("--guidance", type=float, nargs="+", default=[None],
+                   help="Guidance weights w [default: the model's own, 0 for most].")
+    p.add_argument("--guidance-interval", metavar="LOW,HIGH",
+                   help="Noise levels σ to guide at, or all [default: the model's own, all for most].")
     args = p.parse_args()
     torch.set_num_threads(1)
     try:
@@ -87,7 +91,7 @@ def main() -> None:
     rows = [reference(args.n)]
     for steps in args.steps:
         for w in args.guidance:
-            rows.append(evaluate(loaded, args.n, steps, Sampler(args.sampler), w))
+            rows.append(evaluate(loaded, args.n, steps, Sampler(args.sampler), w, interval=args.guidance_interval))
     print_table(rows)
 
 

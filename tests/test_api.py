@@ -61,6 +61,7 @@ def test_the_names_are_the_functions_whatever_was_imported_first():
      {"seed": 5, "steps": 3, "sampler": "ddim", "classes": "blue", "start": 2, "precision": "fp32"}),
     (("--guidance", 1.5, "--class", "red", "--class", "1", "--batch-size", 2, "--spacing", "karras"),
      {"guidance": 1.5, "classes": ["red", 1], "batch_size": 2, "spacing": "karras"}),
+    (("--guidance", 2, "--guidance-interval", "0.3,1.1"), {"guidance": 2, "guidance_interval": (0.3, 1.1)}),
 ])
 def test_generate_equals_the_pngs_the_command_writes(generator, tmp_path, options, settings):
     r = invoke("generate", "--model", generator, "--n", 3, "--out", tmp_path, *options)

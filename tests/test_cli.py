@@ -102,6 +102,7 @@ def test_bad_options_exit_2_with_one_line(generator_run, tmp_path):
         (("--steps", 0), "--steps 0"),
         (("--steps", 5000), "--steps 5000"),
         (("--guidance", -1), "--guidance"),
+        (("--guidance-interval", "1,0.3"), "--guidance-interval"),
         (("--class", "green"), "--class green"),
     ]:
         r = invoke("generate", "--model", generator_run, "--out", tmp_path / "o", *args)

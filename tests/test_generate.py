@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 from diffgen.checkpoint import ModelSpec, load_model, save_model
 from diffgen.cli import app
 from diffgen.generate import Generated, class_index, grid_layout
+from diffgen.schedule import Prediction
 from diffgen.unet import UNet, UNetConfig
 
 generate = importlib.import_module("diffgen.generate")  # diffgen.generate is the API's function (see diffgen/__init__.py)
@@ -112,6 +114,74 @@ def test_start_and_n_one_remake_one_image_of_a_run(model_file, tmp_path):
     assert run(model_file, "--start", 5, "--n", 1, "--out", tmp_path / "one").exit_code == 0
     assert names(tmp_path / "one") == ["00005.png"]
     assert np.array_equal(pixels(tmp_path / "one" / "00005.png"), pixels(tmp_path / "all" / "00005.png"))
+
+
+# --- guidance: a model's own default, and an interval of noise levels --------------------------------------
+
+@pytest.fixture(scope="module")
+def guided_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny x0-predicting model whose classes matter (an ε model's random outputs saturate every pixel), and
+    the same with a default guidance of w = 2 at noise levels 0.3 to 1.1."""
+    torch.manual_seed(0)
+    unet = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(),
+                      norm_groups=4, num_classes=len(CLASSES))
+    model = UNet(unet)
+    for p in model.parameters():
+        p.data.normal_(0, 0.1)
+    model.label_emb.weight.data.normal_(0, 3)
+    spec = ModelSpec(unet=unet, image_size=8, class_names=CLASSES, prediction=Prediction.X0)
+    folder = tmp_path_factory.mktemp("guided")
+    save_model(folder / "plain.safetensors", model, spec)
+    save_model(folder / "guided.safetensors", model, replace(spec, guidance=2.0, guidance_interval=(0.3, 1.1)))
+    return folder / "plain.safetensors", folder / "guided.safetensors"
+
+
+def test_a_models_own_guidance_is_the_default_and_options_override_it(guided_pair, tmp_path):
+    model_file, guided_model_file = guided_pair
+
+    def made(model, *options):
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        r = run(model, "--n", 3, "--steps", 10, "--out", out, *options)
+        assert r.exit_code == 0, r.output
+        return np.stack([pixels(out / f"{i:05d}.png") for i in range(3)])
+
+    plain, default = made(model_file), made(guided_model_file)
+    assert not np.array_equal(default, plain)  # 10 steps have noise levels inside 0.3..1.1
+    assert np.array_equal(default, made(model_file, "--guidance", 2, "--guidance-interval", "0.3,1.1"))
+    assert np.array_equal(made(guided_model_file, "--guidance", 0), plain)
+    everywhere = made(guided_model_file, "--guidance-interval", "all")
+    assert np.array_equal(everywhere, made(model_file, "--guidance", 2))
+    assert not np.array_equal(everywhere, default)
+
+
+def test_the_remake_command_states_the_guidance_a_model_defaults_to(guided_pair, tmp_path, monkeypatch):
+    guided_model_file = guided_pair[1]
+    monkeypatch.chdir(tmp_path)
+    for options, stated in [((), ["--guidance", "2.0", "--guidance-interval", "0.3,1.1"]),
+                            (("--guidance", 0), ["--guidance", "0.0"]),
+                            (("--guidance-interval", "all"), ["--guidance", "2.0", "--guidance-interval", "all"])]:
+        out = f"run{len(list(tmp_path.iterdir()))}"
+        assert run(guided_model_file, "--n", 1, "--steps", 10, "--out", out, *options).exit_code == 0
+        with Image.open(tmp_path / out / "00000.png") as img:
+            argv = shlex.split(img.text["remake"])
+        guidance = argv[argv.index("--guidance"):argv.index("--precision")]
+        assert guidance == stated
+        r = invoke(*argv[1:], "--out", f"{out}-again")
+        assert r.exit_code == 0, r.output
+        assert np.array_equal(pixels(tmp_path / f"{out}-again" / "00000.png"), pixels(tmp_path / out / "00000.png"))
+
+
+def test_a_model_file_keeps_its_guidance_and_refuses_an_impossible_one(model_file, guided_pair):
+    spec = load_model(guided_pair[1]).spec
+    assert (spec.guidance, spec.guidance_interval) == (2.0, (0.3, 1.1))
+    assert "guidance" not in load_model(model_file).spec.to_json()  # absent at the defaults: older readers load it
+    loaded = load_model(model_file)
+    for bad, message in [({"guidance_interval": (1.1, 0.3)}, "low end must be below"),
+                         ({"guidance": -1.0}, "guidance -1"),
+                         ({"guidance": 1.0, "class_names": (), "unet": replace(loaded.spec.unet, num_classes=0)},
+                          "unconditional")]:
+        with pytest.raises(ValueError, match=message):
+            ModelSpec.from_json(replace(loaded.spec, **bad).to_json())
 
 
 # --- grids ---------------------------------------------------------------------------------------------------

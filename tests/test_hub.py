@@ -3,6 +3,7 @@
 import hashlib
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -428,3 +429,12 @@ def test_a_full_or_read_only_hub_cache_is_not_called_damaged(offline_hub, monkey
     with pytest.raises(CheckpointError, match=needle) as e:
         open_model("user/name", Task.GENERATE)
     assert "damaged" not in str(e.value)
+
+
+def test_info_says_how_a_model_guides_by_default(tmp_path):
+    path = tiny_model(tmp_path, "m.safetensors")
+    assert "guidance" not in dict(provenance.overview(provenance.describe(path)))
+    loaded = load_model(path)
+    for interval, where in (((0.3, 1.1), "at noise levels σ from 0.3 to 1.1"), (None, "at every noise level")):
+        save_model(path, loaded.model, replace(loaded.spec, guidance=1.5, guidance_interval=interval))
+        assert dict(provenance.overview(provenance.describe(path)))["guidance"].startswith(f"w = 1.5 {where}")

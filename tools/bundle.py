@@ -6,6 +6,9 @@
 `--extra KEY=VALUE` adds provenance to the model's metadata (shown by `diffgen info` and model cards);
 a VALUE that parses as JSON is stored as JSON (e.g. metrics).
 
+`--guidance W --guidance-interval LOW,HIGH` make that the model's default classifier-free guidance, which
+`diffgen generate` uses unless told otherwise (the interval in noise levels σ; leave it out for all levels).
+
 Several runs are averaged weight by weight (a "model soup", Wortsman et al. 2022). That only makes sense
 for runs fine-tuned from one model, which stay in one basin of the loss; the first run's spec is kept:
 
@@ -21,6 +24,8 @@ import torch
 
 from diffgen.checkpoint import load_model, save_model
 from diffgen.errors import DiffgenError
+from diffgen.generate import parse_interval
+from diffgen.spec import check_spec
 from diffgen.runs import find_model
 
 
@@ -40,10 +45,13 @@ def main() -> None:
     parser.add_argument("runs", type=Path, nargs="+", help="run folder(s) or model .safetensors file(s)")
     parser.add_argument("dest", type=Path, help="where to write the half-precision model")
     parser.add_argument("--extra", action="append", default=[], help="KEY=VALUE provenance to record")
+    parser.add_argument("--guidance", type=float, default=0.0, help="the model's default guidance weight w")
+    parser.add_argument("--guidance-interval", metavar="LOW,HIGH", help="noise levels σ it guides at [all]")
     args = parser.parse_args()
     try:
         srcs = [find_model(run) for run in args.runs]
         loaded = [load_model(src) for src in srcs]
+        interval = args.guidance_interval and parse_interval(args.guidance_interval)
     except DiffgenError as e:
         parser.error(str(e))
     model, spec = loaded[0].model, loaded[0].spec
@@ -53,7 +61,12 @@ def main() -> None:
         weights = [other.model.state_dict() for other in loaded]
         model.load_state_dict({k: torch.stack([w[k] for w in weights]).mean(0) for k in weights[0]})
         spec = replace(spec, extra=spec.extra | {"averaged": [str(src) for src in srcs]})
-    spec = replace(spec, extra=spec.extra | parse_extra(args.extra))
+    spec = replace(spec, extra=spec.extra | parse_extra(args.extra), guidance=args.guidance,
+                   guidance_interval=interval)
+    try:
+        check_spec(spec)
+    except ValueError as e:
+        parser.error(str(e))
     save_model(args.dest, model, spec, half=True)
     print(f"{args.dest}: {spec.task.value} model at step {spec.train_steps}, {args.dest.stat().st_size / 1e6:.1f} MB")
 

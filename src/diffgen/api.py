@@ -29,7 +29,7 @@ from torch import Tensor
 
 from diffgen.checkpoint import LoadedModel, Task, with_precision, wrong_task
 from diffgen.errors import OptionError
-from diffgen.generate import class_index, fit_batch_size, iter_images
+from diffgen.generate import class_index, fit_batch_size, guidance_of, iter_images, parse_interval
 from diffgen.images import open_image
 from diffgen.models import DEFAULT_DENOISE, DENOISE_PARTNERS, blend, bundled_upscaler, default_model, open_model
 from diffgen.samplers import Sampler, Spacing, check_steps
@@ -92,7 +92,8 @@ def generate(
     steps: int = 10,
     sampler: Sampler | str = Sampler.UNIPC,
     spacing: Spacing | str | None = None,
-    guidance: float = 0.0,
+    guidance: float | None = None,
+    guidance_interval: str | tuple[float, float] | None = None,
     start: int = 0,
     batch_size: int = 16,
     device: str = "auto",
@@ -101,18 +102,21 @@ def generate(
 ) -> list[Image.Image]:
     """Images start .. start+n-1 of the run `seed` makes, as PIL images: the pixels of the PNGs that
     `diffgen generate` writes with the same options (`classes` is --class: a name or index, or a list of them
-    to cycle through; default all of the model's classes in turn)."""
-    check_generate_options(n=n, steps=steps, batch_size=batch_size, guidance=guidance, start=start)
+    to cycle through; default all of the model's classes in turn). `guidance` and `guidance_interval` (a
+    "LOW,HIGH" string, a pair, or "all") left at None take the model's own, as the command does."""
+    check_generate_options(n=n, steps=steps, batch_size=batch_size, guidance=guidance, start=start,
+                           guidance_interval=guidance_interval)
     sampler = choice(Sampler, sampler, "--sampler")
     spacing = None if spacing is None else choice(Spacing, spacing, "--spacing")
     loaded = model_for(model, Task.GENERATE, device, precision)
     check_steps(steps, loaded.spec.num_timesteps)
     wanted = [classes] if isinstance(classes, (str, int)) else list(classes or ())
     cycle = [class_index(loaded.spec.class_names, str(c)) for c in wanted]
-    batch, _ = fit_batch_size(loaded, batch_size, n, guided=guidance > 0 and bool(loaded.spec.class_names))
+    weight, interval = guidance_of(loaded.spec, guidance, guidance_interval)
+    batch, _ = fit_batch_size(loaded, batch_size, n, guided=weight > 0 and bool(loaded.spec.class_names))
     images = []
     for made in iter_images(loaded, n, start=start, classes=cycle or None, seed=seed, steps=steps, sampler=sampler,
-                            spacing=spacing, guidance=guidance, batch_size=batch):
+                            spacing=spacing, guidance=weight, guidance_interval=interval, batch_size=batch):
         images += [g.image for g in made]
         if callback:
             callback(len(images), n)
@@ -190,12 +194,17 @@ def check_positive(option: str, value: int | None) -> None:
         raise OptionError(f"{option} {value}: must be at least 1")
 
 
-def check_generate_options(*, n: int, steps: int, batch_size: int, guidance: float, start: int = 0) -> None:
-    """generate's options that need no model."""
+def check_generate_options(
+    *, n: int, steps: int, batch_size: int, guidance: float | None, start: int = 0,
+    guidance_interval: str | Sequence[float] | None = None,
+) -> None:
+    """generate's options that need no model (guidance None: the model's)."""
     for option, value in (("--n", n), ("--steps", steps), ("--batch-size", batch_size)):
         check_positive(option, value)
-    if guidance < 0:
+    if guidance is not None and not guidance >= 0:
         raise OptionError(f"--guidance {guidance}: must be 0 or more")
+    if guidance_interval is not None:
+        parse_interval(guidance_interval)
     if start < 0:
         raise OptionError(f"--start {start}: must be 0 or more")
 

@@ -2,10 +2,13 @@
 
 `make_denoiser` turns a network that predicts ε, v or x0 into the function `denoise(x_t, t) -> x0`
 that every sampler takes, with optional class labels, a conditioning image and classifier-free
-guidance (Ho & Salimans 2022) done in one batched forward pass.
+guidance (Ho & Salimans 2022) done in one batched forward pass, optionally only within an interval of noise
+levels (Kynkäänniemi et al. 2024: guidance at high noise costs variety, at low noise it does little).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +25,7 @@ def make_denoiser(
     labels: Tensor | None = None,
     cond: Tensor | None = None,
     guidance: float = 0.0,
+    interval: tuple[float, float] | None = None,
     null_label: int | None = None,
     clip: float | None = None,
 ) -> Denoise:
@@ -29,24 +33,34 @@ def make_denoiser(
 
     guidance: w of classifier-free guidance; the output is (1 + w) · conditional - w · unconditional,
     so w = 0 is plain conditional sampling. It needs labels and the model's "no label" index.
+    interval: (low, high): guide only at timesteps whose noise level σ_t = √((1 - ᾱ_t) / ᾱ_t) lies in
+    [low, high]; elsewhere one conditional pass. None guides at every step.
     clip: clamp x0 to [-clip, clip] (images live in [-1, 1]); None leaves it alone.
     """
     guided = guidance != 0 and labels is not None
-    if guided:
-        # Conditional and unconditional halves share one forward pass.
-        labels = torch.cat([labels, torch.full_like(labels, null_label)])
-        cond = None if cond is None else torch.cat([cond, cond])
+    low, high = interval or (0.0, math.inf)
+    # Where it guides, the conditional and unconditional halves share one forward pass.
+    both_labels = torch.cat([labels, torch.full_like(labels, null_label)]) if guided else None
+    both_cond = torch.cat([cond, cond]) if guided and cond is not None else None
 
     @torch.inference_mode()
     def denoise(x: Tensor, t: int) -> Tensor:
-        x_in = torch.cat([x, x]) if guided else x
-        t_in = torch.full((len(x_in),), t, dtype=torch.long, device=x.device)
-        out = model(x_in, t_in, labels, cond).float()
-        if guided:
-            out_cond, out_uncond = out.chunk(2)
+        alpha_bar = schedule.alpha_bar(t)
+        if guided and low <= noise_level(alpha_bar) <= high:
+            t_in = torch.full((2 * len(x),), t, dtype=torch.long, device=x.device)
+            out_cond, out_uncond = model(torch.cat([x, x]), t_in, both_labels, both_cond).float().chunk(2)
             out = out_cond + guidance * (out_cond - out_uncond)
+        else:
+            t_in = torch.full((len(x),), t, dtype=torch.long, device=x.device)
+            out = model(x, t_in, labels, cond).float()
         # Guidance mixes outputs linearly, and at fixed t the x0 of an output is linear in it.
-        x0, _ = to_x0_eps(prediction, x, out, schedule.alpha_bar(t).to(x.device))
+        x0, _ = to_x0_eps(prediction, x, out, alpha_bar.to(x.device))
         return x0 if clip is None else x0.clamp(-clip, clip)
 
     return denoise
+
+
+def noise_level(alpha_bar: Tensor) -> float:
+    """σ = √((1 - ᾱ) / ᾱ), the noise-to-signal ratio of x_t: ∞ at pure noise, 0 at clean data."""
+    alpha_bar = float(alpha_bar)
+    return math.inf if alpha_bar == 0 else math.sqrt((1 - alpha_bar) / alpha_bar)

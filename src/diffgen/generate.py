@@ -13,7 +13,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +85,32 @@ def class_index(class_names: tuple[str, ...], name: str) -> int:
     raise OptionError(f"--class {name}: the model has no such class; {hint}choose from: {', '.join(class_names)}")
 
 
+def guidance_of(
+    spec: ModelSpec, guidance: float | None, interval: str | Sequence[float] | None,
+) -> tuple[float, tuple[float, float] | None]:
+    """The guidance weight and noise-level interval (None: all levels) a run uses: those given (--guidance,
+    --guidance-interval LOW,HIGH or all), else the model's own."""
+    weight = spec.guidance if guidance is None else guidance
+    if interval is None:
+        return weight, spec.guidance_interval
+    return weight, parse_interval(interval)
+
+
+def parse_interval(value: str | Sequence[float]) -> tuple[float, float] | None:
+    """A --guidance-interval value, "LOW,HIGH" or (LOW, HIGH) noise levels, or "all" (None)."""
+    if isinstance(value, str) and value.strip().casefold() == "all":
+        return None
+    try:
+        low, high = (float(v) for v in (value.split(",") if isinstance(value, str) else value))
+    except (TypeError, ValueError):
+        low = high = math.nan
+    if not (0 <= low < high):  # also refuses NaN
+        shown = value if isinstance(value, str) else ",".join(map(str, value))
+        raise OptionError(f"--guidance-interval {shown}: give two noise levels LOW,HIGH with 0 <= LOW < HIGH "
+                          f"(e.g. 0.3,1.1), or all")
+    return low, high
+
+
 # --- sampling ---------------------------------------------------------------------------------------------
 
 def sample_batch(
@@ -96,9 +122,11 @@ def sample_batch(
     sampler: Sampler = Sampler.DDIM,
     spacing: Spacing | None = None,
     guidance: float = 0.0,
+    guidance_interval: tuple[float, float] | None = None,
     callback: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """Sample one batch, image i from seeds[i] -> (B, C, H, W) in [-1, 1]."""
+    """Sample one batch, image i from seeds[i] -> (B, C, H, W) in [-1, 1]; guidance only at noise levels σ in
+    guidance_interval (None: at all)."""
     spec, model = loaded.spec, loaded.model
     device = next(model.parameters()).device
     schedule = spec.make_schedule()
@@ -107,7 +135,7 @@ def sample_batch(
     x = randn_like(torch.empty(shape, device=device), generators)
     y = None if labels is None else torch.tensor(labels, device=device)
     denoise = make_denoiser(
-        model, schedule, spec.prediction, labels=y, guidance=guidance,
+        model, schedule, spec.prediction, labels=y, guidance=guidance, interval=guidance_interval,
         null_label=spec.unet.num_classes, clip=1.0,
     )
     return sample(sampler, denoise, x, schedule, steps, spacing=spacing, generator=generators, callback=callback)
@@ -124,6 +152,7 @@ def iter_images(
     sampler: Sampler = Sampler.UNIPC,
     spacing: Spacing | None = None,
     guidance: float = 0.0,
+    guidance_interval: tuple[float, float] | None = None,
     batch_size: int = 16,
     share: Share = Share(),
 ) -> Iterator[list[Generated]]:
@@ -136,7 +165,8 @@ def iter_images(
     for idx in share.batches(start, n, batch_size):
         seeds = [image_seed(seed, i) for i in idx]
         labels = [cycle[i % len(cycle)] for i in idx] if num_classes else None
-        batch = sample_batch(loaded, seeds, labels, steps=steps, sampler=sampler, spacing=spacing, guidance=guidance)
+        batch = sample_batch(loaded, seeds, labels, steps=steps, sampler=sampler, spacing=spacing, guidance=guidance,
+                             guidance_interval=guidance_interval)
         yield [Generated(tensor_to_pil(x), i, s, labels[j] if labels else None)
                for j, (x, i, s) in enumerate(zip(batch, idx, seeds))]
 
@@ -151,13 +181,14 @@ def generate_images(
     sampler: Sampler = Sampler.UNIPC,
     spacing: Spacing | None = None,
     guidance: float = 0.0,
+    guidance_interval: tuple[float, float] | None = None,
     batch_size: int = 16,
     callback: Advance | None = None,
 ) -> list[Generated]:
     """Sample n images into memory. Classes cycle through `classes` (default: all of the model's classes)."""
     results = []
     for batch in iter_images(loaded, n, classes=classes, seed=seed, steps=steps, sampler=sampler, spacing=spacing,
-                             guidance=guidance, batch_size=batch_size):
+                             guidance=guidance, guidance_interval=guidance_interval, batch_size=batch_size):
         results += batch
         if callback:
             callback(len(results), n)

@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 
 from diffgen import diffusers_models, models  # models by module: tests point models.weights_dir elsewhere
-from diffgen.checkpoint import LoadedModel
+from diffgen.checkpoint import LoadedModel, ModelSpec
 from diffgen.diffusers_models import spec as diffusers_spec
 from diffgen.hub import COLOURS, read_model_file, summary, usage
 from diffgen.runs import find_model
@@ -104,8 +104,18 @@ def describe(path_or_loaded: Path | LoadedModel) -> dict:
         "metrics": spec.extra.get("metrics"), "diffgen_version": metadata.get("diffgen_version"),
         "config": {"schedule": spec.schedule.value, "num_timesteps": spec.num_timesteps,
                    "prediction": spec.prediction.value, "unet": spec.unet.to_dict()},
+        "guidance": guidance_text(spec),
         "usage": usage(spec, model_arg(source)), "summary": summary(spec),
     }
+
+
+def guidance_text(spec: ModelSpec) -> str | None:
+    """How `generate` guides this model unless told otherwise; None when it does not."""
+    if not spec.guidance:
+        return None
+    where = ("at noise levels σ from {:g} to {:g}".format(*spec.guidance_interval) if spec.guidance_interval
+             else "at every noise level")
+    return f"w = {spec.guidance:g} {where} by default (--guidance, --guidance-interval)"
 
 
 def overview(info: dict) -> list[tuple[str, str]]:
@@ -125,6 +135,8 @@ def overview(info: dict) -> list[tuple[str, str]]:
                     f"{config['num_timesteps']} steps, predicts {config['prediction']}"),
         ("training", training_text(info)),
     ]
+    if info.get("guidance"):
+        rows.append(("guidance", info["guidance"]))
     provenance = dict(info["provenance"] or {})
     provenance.pop("images", None)  # shown in the training row
     if info["train_command"]:

@@ -27,6 +27,8 @@ class Recipe:
     spacing: Spacing | None = None
     classes: tuple[int, ...] = ()  # the class cycle; () for all of the model's classes in turn
     guidance: float = 0.0
+    guidance_interval: tuple[float, float] | None = None  # noise levels σ guided at; None: all
+    model_guidance: tuple[float, tuple[float, float] | None] = (0.0, None)  # the model's own default
     precision: str = "fp32"  # as sampled: fp32 or bf16
     device: str = "cpu"  # cpu or cuda: they round differently
     fmt: str = "png"
@@ -34,13 +36,16 @@ class Recipe:
     @classmethod
     def of(cls, loaded: LoadedModel, **settings) -> Recipe:
         device = next(loaded.model.parameters()).device.type
-        return cls(model_option(loaded.path), model_identity(loaded.path), loaded.spec.class_names,
-                   precision=loaded.precision, device=device, **settings)
+        spec = loaded.spec
+        return cls(model_option(loaded.path), model_identity(loaded.path), spec.class_names,
+                   model_guidance=(spec.guidance, spec.guidance_interval), precision=loaded.precision, device=device,
+                   **settings)
 
     def sampling(self) -> dict:
         """The keyword arguments of `iter_images` and `generate_images`."""
         return {"classes": list(self.classes) or None, "seed": self.seed, "steps": self.steps,
-                "sampler": self.sampler, "spacing": self.spacing, "guidance": self.guidance}
+                "sampler": self.sampler, "spacing": self.spacing, "guidance": self.guidance,
+                "guidance_interval": self.guidance_interval}
 
     def command(self, start: int, n: int, *extra: str) -> str:
         """The shell command that makes images start .. start+n-1 of this run."""
@@ -49,16 +54,31 @@ class Recipe:
         args += ["--spacing", self.spacing.value] if self.spacing else []
         for c in self.classes:
             args += ["--class", self.class_names[c]]
-        args += ["--guidance", str(self.guidance)] if self.guidance else []
+        args += self.guidance_options()
         args += ["--precision", self.precision, "--device", self.device]
         args += ["--format", self.fmt] if self.fmt != "png" else []
         return shlex.join([*args, "--start", str(start), "--n", str(n), *extra])
+
+    def guidance_options(self) -> list[str]:
+        """--guidance and --guidance-interval, stated whenever the run guides or the model has guidance defaults
+        of its own, so that whoever reads the command sees the setting."""
+        default_weight, default_interval = self.model_guidance
+        args = ["--guidance", str(self.guidance)] if self.guidance or default_weight else []
+        if self.guidance and (self.guidance_interval or default_interval):
+            args += ["--guidance-interval", interval_text(self.guidance_interval)]
+        return args
 
     def text(self) -> dict[str, str]:
         """The run's settings, as every image's PNG text records them."""
         spacing = self.spacing.value if self.spacing else "default"
         return {**self.identity, "sampler": self.sampler.value, "spacing": spacing, "steps": str(self.steps),
-                "guidance": str(self.guidance), "precision": self.precision, "run_seed": str(self.seed)}
+                "guidance": str(self.guidance), "guidance_interval": interval_text(self.guidance_interval),
+                "precision": self.precision, "run_seed": str(self.seed)}
+
+
+def interval_text(interval: tuple[float, float] | None) -> str:
+    """A guidance interval as --guidance-interval takes it: "LOW,HIGH" or "all"."""
+    return "all" if interval is None else f"{interval[0]!r},{interval[1]!r}"  # repr: read back exactly
 
 
 def model_option(path: Path) -> str:

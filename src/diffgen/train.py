@@ -21,7 +21,7 @@ from torch.distributed import ReduceOp
 
 from diffgen.batches import Batches, aux_batches, residual_scale
 from diffgen.budget import Budget, Decision, Pace, parse_duration
-from diffgen.checkpoint import LoadedModel, ModelSpec, Task, check_spec, load_model, save_model
+from diffgen.checkpoint import LoadedModel, ModelSpec, Task, load_model, save_model
 from diffgen.config import TrainConfig, check_config, check_resume
 from diffgen.copies import Copies, Reference, check_copies, data_reference
 from diffgen.data import Crop, Dataset, open_dataset
@@ -36,6 +36,7 @@ from diffgen.runs import (
     state_file, truncate_log, writing,
 )
 from diffgen.runtime import Ranks, all_ranks, any_rank, barrier, local_device, process_group, stop_requests
+from diffgen.spec import check_spec
 from diffgen.state import read_state, restore_state, save_state, saved_spec, state_config, state_spec
 from diffgen.step_memory import check_memory
 from diffgen.transforms import downsample, upsample

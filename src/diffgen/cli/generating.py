@@ -32,7 +32,8 @@ def generate(
     sampler: Annotated[Sampler, typer.Option(help="Sampling method: unipc and dpm++2m need about 10 steps, ddim and heun more, ddpm all of the model's.")] = Sampler.UNIPC,
     spacing: Annotated[Optional[Spacing], typer.Option(help="How the steps are spread over the noise levels (timestep spacing).", show_default="the sampler's")] = None,
     class_: Annotated[Optional[list[str]], typer.Option("--class", metavar="CLASS", help="Class name or index; repeat for several; default: all in turn.")] = None,
-    guidance: Annotated[float, typer.Option(help="How strongly each image follows its class (classifier-free guidance weight w): 0 off; 0.5-1 makes every image its class, with less variety.")] = 0.0,
+    guidance: Annotated[Optional[float], typer.Option(help="How strongly each image follows its class (classifier-free guidance weight w): 0 off; 0.5-1 at all noise levels makes every image its class, with less variety.", show_default="the model's own, else 0")] = None,
+    guidance_interval: Annotated[Optional[str], typer.Option(metavar="LOW,HIGH", help="Guide only at noise levels σ from LOW to HIGH (σ² = noise/signal power; e.g. 0.3,1.1), where guidance costs least variety; all: at every level.", show_default="the model's own, else all")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass; fewer if a batch would not fit in memory.")] = 16,
     grid: Annotated[Optional[Path], typer.Option(help="Write all images as one grid to this file (alone, unless --out is given).")] = None,
     format: Annotated[ImageFormat, typer.Option("--format", case_sensitive=False, help="Image format.")] = ImageFormat.PNG,
@@ -55,7 +56,9 @@ def generate(
     from diffgen.api import check_generate_options  # noqa: PLC0415
     from diffgen.checkpoint import Task, with_precision  # noqa: PLC0415
     from diffgen.errors import OptionError  # noqa: PLC0415
-    from diffgen.generate import Outputs, check_outputs, class_index, first_index, fit_batch_size  # noqa: PLC0415
+    from diffgen.generate import (  # noqa: PLC0415
+        Outputs, check_outputs, class_index, first_index, fit_batch_size, guidance_of,
+    )
     from diffgen.images import SUFFIX_OF, format_of  # noqa: PLC0415
     from diffgen.models import open_model  # noqa: PLC0415
     from diffgen.recipe import Recipe  # noqa: PLC0415
@@ -63,7 +66,8 @@ def generate(
     from diffgen.samplers import check_steps  # noqa: PLC0415
 
     freeze_imports()
-    check_generate_options(n=n, steps=steps, batch_size=batch_size, guidance=guidance, start=start or 0)
+    check_generate_options(n=n, steps=steps, batch_size=batch_size, guidance=guidance, start=start or 0,
+                           guidance_interval=guidance_interval)
     with process_group(torch.device("cpu")) as ranks:  # under torchrun; gloo, as only counts pass between ranks
         if grid is not None and ranks.world > 1:
             raise OptionError("--grid: not under torchrun, where each process writes its own share of the images; "
@@ -71,7 +75,8 @@ def generate(
         loaded = with_precision(open_model(model, Task.GENERATE, local_device(device)), precision)
         check_steps(steps, loaded.spec.num_timesteps)
         classes = tuple(class_index(loaded.spec.class_names, c) for c in class_ or ())
-        batch, note = fit_batch_size(loaded, batch_size, n, guided=guidance > 0 and bool(loaded.spec.class_names))
+        weight, interval = guidance_of(loaded.spec, guidance, guidance_interval)
+        batch, note = fit_batch_size(loaded, batch_size, n, guided=weight > 0 and bool(loaded.spec.class_names))
         folder = out if out is not None or grid is not None else Path("generated")
         if check_copies is not None and folder is None:
             raise OptionError("--check-copies: it compares the image files; add --out DIR beside --grid")
@@ -87,7 +92,7 @@ def generate(
             if line:
                 console_err.print(labelled("note:", "yellow", line), highlight=False, soft_wrap=True)
         recipe = Recipe.of(loaded, seed=seed, steps=steps, sampler=sampler,
-                           spacing=spacing, classes=classes, guidance=guidance, fmt=fmt)
+                           spacing=spacing, classes=classes, guidance=weight, guidance_interval=interval, fmt=fmt)
         write_share(loaded, recipe, outputs, batch, ranks)
         if check_copies is not None and ranks.main:
             report_copies(outputs, fmt, loaded.spec, check_copies)

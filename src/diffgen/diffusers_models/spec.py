@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from diffgen.checkpoint import LIMITS, MAX_LEVELS, MAX_WIDTH, ModelSpec, check_spec, open_safetensors, shown
+from diffgen.checkpoint import open_safetensors
+from diffgen.spec import LIMITS, MAX_LEVELS, MAX_WIDTH, ModelSpec, check_spec, shown
 from diffgen.diffusers_models import (
     BETA_SCHEDULES,
     MAX_CONFIG_BYTES,
