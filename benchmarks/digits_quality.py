@@ -41,7 +41,7 @@ from digit_classifier import (  # beside this file
 )
 from PIL import Image
 
-from diffgen.checkpoint import LoadedModel, Task
+from diffgen.checkpoint import LoadedModel, Task, with_precision
 from diffgen.errors import DiffgenError
 from diffgen.generate import generate_images, guidance_of
 from diffgen.recipe import interval_text
@@ -167,14 +167,16 @@ def main() -> None:
                    help="Noise levels σ to guide at, or all [default: the model's own, all for most].")
     p.add_argument("--seed", type=int, default=0, help="Run seed [default: 0].")
     p.add_argument("--threads", type=int, default=1, help="Torch CPU threads [default: 1].")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                   help="As generate's --precision; auto is bf16 where the CPU computes it natively [default: fp32].")
     p.add_argument("--json", help="Also write the results to this JSON file.")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     try:
-        loaded = open_model(args.model, Task.GENERATE)
+        loaded = with_precision(open_model(args.model, Task.GENERATE), args.precision)
     except DiffgenError as e:
         sys.exit(str(e))
-    print(f"model: {loaded.path} ({loaded.spec.train_steps} training steps)")
+    print(f"model: {loaded.path} ({loaded.spec.train_steps} training steps), {loaded.precision}")
     if args.n <= classifier()[1].feature_dim:
         print(f"note: with n = {args.n} <= {classifier()[1].feature_dim} features, FD is dominated by its bias")
     rows = [reference(args.n)]
@@ -184,7 +186,7 @@ def main() -> None:
                                  seed=args.seed))
     print_table(rows)
     if args.json:
-        out = {"model": str(loaded.path), "train_steps": loaded.spec.train_steps,
+        out = {"model": str(loaded.path), "train_steps": loaded.spec.train_steps, "precision": loaded.precision,
                "classifier_holdout_accuracy": float(read_metadata(WEIGHTS)["holdout_accuracy"]), "results": rows}
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

@@ -81,8 +81,10 @@ def main() -> None:
                    help="Guidance weights w [default: the model's own, 0 for most].")
     p.add_argument("--guidance-interval", metavar="LOW,HIGH",
                    help="Noise levels σ to guide at, or all [default: the model's own, all for most].")
+    p.add_argument("--seed", type=int, default=0, help="Run seed [default: 0].")
+    p.add_argument("--threads", type=int, default=1, help="Torch CPU threads [default: 1].")
     args = p.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     try:
         loaded = open_model(args.model, Task.GENERATE)
     except DiffgenError as e:
@@ -91,7 +93,8 @@ def main() -> None:
     rows = [reference(args.n)]
     for steps in args.steps:
         for w in args.guidance:
-            rows.append(evaluate(loaded, args.n, steps, Sampler(args.sampler), w, interval=args.guidance_interval))
+            rows.append(evaluate(loaded, args.n, steps, Sampler(args.sampler), w, interval=args.guidance_interval,
+                                 seed=args.seed))
     print_table(rows)
 
 
