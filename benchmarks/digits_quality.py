@@ -155,18 +155,23 @@ def print_table(rows: list[dict]) -> None:
               f"{f'{worst[0]} ({worst[1]:.2f})':>12} {r.get('sample_seconds', ''):>8}")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="digits", help="Bundled name, .safetensors file or run folder [default: digits].")
-    p.add_argument("--n", type=int, default=1000, help="Digits per setting, classes cycling [default: 1000].")
-    p.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50], help="Sampling steps [default: 10 25 50].")
-    p.add_argument("--sampler", default="ddim", choices=[s.value for s in Sampler], help="Sampler [default: ddim].")
+def add_setting_options(p: argparse.ArgumentParser) -> None:
+    """The options that pick a sampling setting besides sampler and steps, which this and emoji_quality share."""
     p.add_argument("--guidance", type=float, nargs="+", default=[None],
                    help="Guidance weights w [default: the model's own, 0 for most].")
     p.add_argument("--guidance-interval", metavar="LOW,HIGH",
                    help="Noise levels σ to guide at, or all [default: the model's own, all for most].")
     p.add_argument("--seed", type=int, default=0, help="Run seed [default: 0].")
     p.add_argument("--threads", type=int, default=1, help="Torch CPU threads [default: 1].")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="digits", help="Bundled name, .safetensors file or run folder [default: digits].")
+    p.add_argument("--n", type=int, default=1000, help="Digits per setting, classes cycling [default: 1000].")
+    p.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50], help="Sampling steps [default: 10 25 50].")
+    p.add_argument("--sampler", default="ddim", choices=[s.value for s in Sampler], help="Sampler [default: ddim].")
+    add_setting_options(p)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
                    help="As generate's --precision; auto is bf16 where the CPU computes it natively [default: fp32].")
     p.add_argument("--json", help="Also write the results to this JSON file.")

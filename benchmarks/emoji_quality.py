@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from digits_quality import evaluate_with, frechet_distance, print_table  # beside this file
+from digits_quality import add_setting_options, evaluate_with, frechet_distance, print_table  # beside this file
 from emoji_classifier import images_to_input, load_classifier, load_emoji, predict, split
 from PIL import Image
 
@@ -77,12 +77,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000, help="Emoji per setting, groups cycling [default: 1000].")
     p.add_argument("--steps", type=int, nargs="+", default=[10], help="Sampling steps [default: 10].")
     p.add_argument("--sampler", default=Sampler.UNIPC.value, choices=[s.value for s in Sampler])
-    p.add_argument("--guidance", type=float, nargs="+", default=[None],
-                   help="Guidance weights w [default: the model's own, 0 for most].")
-    p.add_argument("--guidance-interval", metavar="LOW,HIGH",
-                   help="Noise levels σ to guide at, or all [default: the model's own, all for most].")
-    p.add_argument("--seed", type=int, default=0, help="Run seed [default: 0].")
-    p.add_argument("--threads", type=int, default=1, help="Torch CPU threads [default: 1].")
+    add_setting_options(p)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     try:

@@ -31,15 +31,20 @@ def invoke(*args):
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
     """A tiny 8-pixel class-conditional model with random weights everywhere: it samples in milliseconds."""
-    torch.manual_seed(0)
-    unet = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(),
-                      norm_groups=4, num_classes=len(CLASSES))
-    model = UNet(unet)
-    for p in model.parameters():
-        p.data.normal_(0, 0.05)
+    model = random_model(0.05)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(path, model, ModelSpec(unet=unet, image_size=8, class_names=CLASSES))
+    save_model(path, model, ModelSpec(unet=model.cfg, image_size=8, class_names=CLASSES))
     return path
+
+
+def random_model(std: float) -> UNet:
+    """A tiny U-Net for CLASSES, every weight drawn from N(0, std²) with a fixed seed."""
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(),
+                            norm_groups=4, num_classes=len(CLASSES)))
+    for p in model.parameters():
+        p.data.normal_(0, std)
+    return model
 
 
 def run(model_file, *args):
@@ -122,14 +127,9 @@ def test_start_and_n_one_remake_one_image_of_a_run(model_file, tmp_path):
 def guided_pair(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny x0-predicting model whose classes matter (an ε model's random outputs saturate every pixel), and
     the same with a default guidance of w = 2 at noise levels 0.3 to 1.1."""
-    torch.manual_seed(0)
-    unet = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(),
-                      norm_groups=4, num_classes=len(CLASSES))
-    model = UNet(unet)
-    for p in model.parameters():
-        p.data.normal_(0, 0.1)
+    model = random_model(0.1)
     model.label_emb.weight.data.normal_(0, 3)
-    spec = ModelSpec(unet=unet, image_size=8, class_names=CLASSES, prediction=Prediction.X0)
+    spec = ModelSpec(unet=model.cfg, image_size=8, class_names=CLASSES, prediction=Prediction.X0)
     folder = tmp_path_factory.mktemp("guided")
     save_model(folder / "plain.safetensors", model, spec)
     save_model(folder / "guided.safetensors", model, replace(spec, guidance=2.0, guidance_interval=(0.3, 1.1)))
