@@ -7,7 +7,8 @@
 a VALUE that parses as JSON is stored as JSON (e.g. metrics).
 
 `--guidance W --guidance-interval LOW,HIGH` make that the model's default classifier-free guidance, which
-`diffgen generate` uses unless told otherwise (the interval in noise levels σ; leave it out for all levels).
+`diffgen generate` uses unless told otherwise (the interval in noise levels σ, or all); left out, the
+first source's are kept.
 
 Several runs are averaged weight by weight (a "model soup", Wortsman et al. 2022). That only makes sense
 for runs fine-tuned from one model, which stay in one basin of the loss; the first run's spec is kept:
@@ -45,13 +46,14 @@ def main() -> None:
     parser.add_argument("runs", type=Path, nargs="+", help="run folder(s) or model .safetensors file(s)")
     parser.add_argument("dest", type=Path, help="where to write the half-precision model")
     parser.add_argument("--extra", action="append", default=[], help="KEY=VALUE provenance to record")
-    parser.add_argument("--guidance", type=float, default=0.0, help="the model's default guidance weight w")
-    parser.add_argument("--guidance-interval", metavar="LOW,HIGH", help="noise levels σ it guides at [all]")
+    parser.add_argument("--guidance", type=float, help="the model's default guidance weight w [the source's]")
+    parser.add_argument("--guidance-interval", metavar="LOW,HIGH",
+                        help="noise levels σ it guides at, or all [the source's]")
     args = parser.parse_args()
     try:
         srcs = [find_model(run) for run in args.runs]
         loaded = [load_model(src) for src in srcs]
-        interval = args.guidance_interval and parse_interval(args.guidance_interval)
+        interval = None if args.guidance_interval is None else parse_interval(args.guidance_interval)
     except DiffgenError as e:
         parser.error(str(e))
     model, spec = loaded[0].model, loaded[0].spec
@@ -61,8 +63,9 @@ def main() -> None:
         weights = [other.model.state_dict() for other in loaded]
         model.load_state_dict({k: torch.stack([w[k] for w in weights]).mean(0) for k in weights[0]})
         spec = replace(spec, extra=spec.extra | {"averaged": [str(src) for src in srcs]})
-    spec = replace(spec, extra=spec.extra | parse_extra(args.extra), guidance=args.guidance,
-                   guidance_interval=interval)
+    spec = replace(spec, extra=spec.extra | parse_extra(args.extra),
+                   guidance=spec.guidance if args.guidance is None else args.guidance,
+                   guidance_interval=spec.guidance_interval if args.guidance_interval is None else interval)
     try:
         check_spec(spec)
     except ValueError as e:
