@@ -28,7 +28,6 @@ class Recipe:
     classes: tuple[int, ...] = ()  # the class cycle; () for all of the model's classes in turn
     guidance: float = 0.0
     guidance_interval: tuple[float, float] | None = None  # noise levels σ guided at; None: all
-    model_guidance: tuple[float, tuple[float, float] | None] = (0.0, None)  # the model's own default
     precision: str = "fp32"  # as sampled: fp32 or bf16
     device: str = "cpu"  # cpu or cuda: they round differently
     fmt: str = "png"
@@ -36,10 +35,8 @@ class Recipe:
     @classmethod
     def of(cls, loaded: LoadedModel, **settings) -> Recipe:
         device = next(loaded.model.parameters()).device.type
-        spec = loaded.spec
-        return cls(model_option(loaded.path), model_identity(loaded.path), spec.class_names,
-                   model_guidance=(spec.guidance, spec.guidance_interval), precision=loaded.precision, device=device,
-                   **settings)
+        return cls(model_option(loaded.path), model_identity(loaded.path), loaded.spec.class_names,
+                   precision=loaded.precision, device=device, **settings)
 
     def sampling(self) -> dict:
         """The keyword arguments of `iter_images` and `generate_images`."""
@@ -60,13 +57,12 @@ class Recipe:
         return shlex.join([*args, "--start", str(start), "--n", str(n), *extra])
 
     def guidance_options(self) -> list[str]:
-        """--guidance and --guidance-interval, stated whenever the run guides or the model has guidance defaults
-        of its own, so that whoever reads the command sees the setting."""
-        default_weight, default_interval = self.model_guidance
-        args = ["--guidance", str(self.guidance)] if self.guidance or default_weight else []
-        if self.guidance and (self.guidance_interval or default_interval):
-            args += ["--guidance-interval", interval_text(self.guidance_interval)]
-        return args
+        """--guidance, and where it guides --guidance-interval, always stated for a model with classes: the
+        command then reads the same whatever the model's own defaults are."""
+        if not self.class_names:
+            return []
+        args = ["--guidance", str(self.guidance)]
+        return args + ["--guidance-interval", interval_text(self.guidance_interval)] if self.guidance else args
 
     def text(self) -> dict[str, str]:
         """The run's settings, as every image's PNG text records them."""
