@@ -2,6 +2,7 @@
 
 
 import importlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -121,6 +122,21 @@ def test_averaging_all_eight_views_makes_even_a_lopsided_model_equivariant(model
     for turn in (lambda x: x.rot90(1, (-2, -1)), lambda x: x.transpose(-1, -2), lambda x: x.flip(-2).flip(-1)):
         assert not torch.allclose(up(turn(lr), 1), turn(up(lr, 1)), atol=1e-3)
         assert torch.allclose(up(turn(lr), 8), turn(up(lr, 8)), atol=1e-5)
+
+
+@pytest.mark.parametrize("sampling", [Sampling(samples=8), Sampling(steps=3, eta=1.0, samples=3, seed=5)],
+                         ids=["8 views", "3 views, η = 1"])
+def test_views_sampled_in_pairs_are_the_views_sampled_one_at_a_time(model_file, monkeypatch, sampling):
+    """Each view draws its noise (at η > 0, every step's) from its own seed, whatever it is batched with."""
+    upscale_module = importlib.import_module("diffgen.upscale")
+    loaded = load_model(model_file)
+    lr = to_model_range(pil_to_tensor(smooth_image(24, 16)))[None]  # not square: views 4-7 are transposed
+    paired = upscale_tensor(loaded, lr, sampling)
+    monkeypatch.setattr(upscale_module, "VIEW_BATCH", 1)
+    single = upscale_tensor(loaded, lr, sampling)
+    assert torch.allclose(paired, single, atol=1e-5)
+    monkeypatch.setattr(upscale_module, "VIEW_BATCH", 2)
+    assert not torch.allclose(paired, upscale_tensor(loaded, lr, replace(sampling, seed=sampling.seed + 1)), atol=1e-3)
 
 
 def test_a_grey_result_is_the_luma_of_the_colour_planes_at_8_and_16_bits():

