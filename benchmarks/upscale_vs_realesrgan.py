@@ -21,7 +21,7 @@ Needs Debian's libomp5 and libvulkan1 (`apt-get install libomp5 libvulkan1`) bes
 
     python benchmarks/upscale_vs_realesrgan.py                   # about 1.5 minutes on 2 cores
     python benchmarks/upscale_vs_realesrgan.py --load --rounds 3 --json vs_ncnn.json
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/upscale_vs_realesrgan.py --load --threads 1
+    GOMP_SPINCOUNT=1000 python benchmarks/upscale_vs_realesrgan.py --load   # as `diffgen upscale` runs
 """
 
 from __future__ import annotations

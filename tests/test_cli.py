@@ -358,10 +358,10 @@ def test_help_shows_defaults_written_as_words(command, default):
 SPY_ON_TORCH_IMPORT = """
 import os, sys
 seen = []
-class Spy:  # records OMP_WAIT_POLICY when torch is first imported, which is when OpenMP reads it
+class Spy:  # records the OpenMP settings when torch is first imported, which is when OpenMP reads them
     def find_spec(self, name, path=None, target=None):
         if name == "torch" and not seen:
-            seen.append(os.environ.get("OMP_WAIT_POLICY"))
+            seen.append((os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT")))
 sys.meta_path.insert(0, Spy())
 sys.argv = ["diffgen", *sys.argv[1:]]
 from diffgen.cli import main
@@ -369,13 +369,18 @@ try:
     main()
 except SystemExit:
     pass
-print("policy at torch import:", seen)
+print("OpenMP at torch import:", seen)
 """
 
 
-@pytest.mark.parametrize("command, given, expected", [("upscale", None, "PASSIVE"), ("upscale", "ACTIVE", "ACTIVE"),
-                                                      ("generate", None, None)])
-def test_upscale_loads_torch_with_passive_openmp_threads_unless_told_otherwise(tmp_path, command, given, expected):
+@pytest.mark.parametrize("command, given, expected", [
+    ("upscale", {}, (None, "1000")),
+    ("upscale", {"OMP_WAIT_POLICY": "ACTIVE"}, ("ACTIVE", None)),
+    ("upscale", {"GOMP_SPINCOUNT": "0"}, (None, "0")),
+    ("generate", {}, (None, None)),
+])
+def test_upscale_loads_torch_with_briefly_spinning_openmp_threads_unless_told_otherwise(tmp_path, command, given,
+                                                                                        expected):
     """Spinning OpenMP threads slow an upscale several times beside another busy program; generate's small ops
     are faster with them (README, Speed)."""
     import os
@@ -387,6 +392,7 @@ def test_upscale_loads_torch_with_passive_openmp_threads_unless_told_otherwise(t
     smooth_image(8, 8).save(tmp_path / "in.png")
     args = ["upscale", str(tmp_path / "in.png")] if command == "upscale" else ["generate", "-n", "1", "--steps", "1",
                                                                                "--out", str(tmp_path)]
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": given} if given else {})
+    openmp = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    env = {k: v for k, v in os.environ.items() if k not in openmp} | given
     done = subprocess.run([sys.executable, "-c", SPY_ON_TORCH_IMPORT, *args], capture_output=True, text=True, env=env)
-    assert f"policy at torch import: [{expected!r}]" in done.stdout, done.stdout + done.stderr
+    assert f"OpenMP at torch import: [{expected!r}]" in done.stdout, done.stdout + done.stderr

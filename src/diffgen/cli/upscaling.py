@@ -71,11 +71,13 @@ def upscale(
     """
     import os  # noqa: PLC0415
 
-    # OpenMP threads sleep between the upscale's long convolutions instead of spinning: beside another busy
-    # program (a browser, a second job) spinning threads took the cores from it and each other, and an upscale
-    # ran 2.8x its quiet time instead of 1.6x (README, Speed). Read when torch first loads its OpenMP
-    # runtime; a value the user set is kept. Not for generate and train: their many small ops lose 8-29%.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OpenMP threads spin only briefly (1,000 turns) before they sleep between the upscale's convolutions: beside
+    # another busy program (a browser, a second job) threads that spin took the cores from it and each other, and
+    # an upscale ran 2.8-3.2x its quiet time instead of 1.7x; sleeping at once (OMP_WAIT_POLICY=PASSIVE) cost 17%
+    # on a quiet AMX machine, this nothing (README, Speed). Read when torch first loads GNU OpenMP; a setting of
+    # the user's is kept. Not for generate and train, whose many small ops are faster with spinning threads.
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", "1000")
     import torch  # noqa: PLC0415
 
     from diffgen.api import upscale_sampling  # noqa: PLC0415
