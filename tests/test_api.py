@@ -140,13 +140,16 @@ def test_defaults_are_the_commands():
                 assert param.default == getattr(default, "value", default), name
 
 
-def test_denoise_blends_the_bundled_upscaler_with_its_clean_partner(model_file, tmp_path):
+@pytest.mark.parametrize("scale", [4, 2])
+def test_denoise_blends_the_bundled_upscaler_with_its_clean_partner(model_file, tmp_path, scale):
     from diffgen.api import upscaler_for
 
-    real, clean = (load_model(name, precision="fp32").model.state_dict() for name in ("upscale-x4", "upscale-x4-clean"))
+    real, clean = (load_model(name, precision="fp32").model.state_dict()
+                   for name in (f"upscale-x{scale}", f"upscale-x{scale}-clean"))
     for strength, expected in ((0.0, clean), (1.0, real), (0.25, {k: 0.75 * clean[k] + 0.25 * real[k] for k in real})):
-        blended = upscaler_for(None, strength, "cpu", "fp32").model.state_dict()
-        assert all(torch.allclose(blended[k], expected[k], atol=1e-6) for k in real), strength
+        blended = upscaler_for(None, strength, "cpu", "fp32", scale=scale)
+        assert blended.spec.scale == scale
+        assert all(torch.allclose(blended.model.state_dict()[k], expected[k], atol=1e-6) for k in real), strength
     with pytest.raises(OptionError, match="--denoise 1.5: must be between 0 and 1"):
         upscaler_for("upscale-x4", 1.5, "cpu", "fp32")
     smooth_image(16, 16).save(tmp_path / "in.png")
@@ -162,8 +165,6 @@ def test_scale_without_a_model_picks_the_bundled_upscaler_of_that_factor(tmp_pat
     assert upscale(smooth_image(12, 10), scale=2).size == (24, 20)
     with pytest.raises(OptionError, match=r"--scale 3: no bundled model upscales x3 \(bundled: x2, x4\)"):
         upscaler_for(None, None, "cpu", "fp32", scale=3)
-    with pytest.raises(OptionError, match="--denoise: only for the bundled upscale-x4"):
-        upscaler_for(None, 0.5, "cpu", "fp32", scale=2)
     smooth_image(12, 10).save(tmp_path / "in.png")
     r = invoke("upscale", tmp_path / "in.png", "--scale", 2)
     assert r.exit_code == 0 and (tmp_path / "in_x2.png").is_file(), r.output

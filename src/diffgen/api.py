@@ -65,7 +65,7 @@ def model_for(model: Model, task: Task, device: str, precision: str) -> LoadedMo
 def upscaler_for(model: Model, denoise: float | None, device: str, precision: str, *, scale: int | None = None
                  ) -> LoadedModel:
     """The upscaler a `model` argument names (none: the bundled one of `scale`, x4 by default); `denoise` (0 to
-    1) blends the bundled real-world upscaler with the clean one it was fine-tuned from
+    1) blends the bundled real-world upscaler with the clean one it descends from
     (`models.DENOISE_PARTNERS`): lower keeps more faint texture, and noise."""
     if model is None and scale is not None:
         model = bundled_upscaler(scale)

@@ -23,13 +23,15 @@ BUNDLED = {
     "upscale-x4": ("upscale-x4.safetensors", Task.UPSCALE),  # trained on degraded inputs: JPEG, noise, blur
     "upscale-x4-clean": ("upscale-x4-clean.safetensors", Task.UPSCALE),  # on clean ones: best on clean PNG inputs
     "upscale-x2": ("upscale-x2.safetensors", Task.UPSCALE),  # upscale-x4 made x2, fine-tuned on degraded inputs
+    "upscale-x2-clean": ("upscale-x2-clean.safetensors", Task.UPSCALE),  # upscale-x4-clean made x2
 }
 
-# `upscale --denoise`: a bundled real-world upscaler and the clean one it was fine-tuned from, which `blend`
-# mixes (0: the clean one, 1: the real-world one). The default keeps the real-world one: it has the best mean
-# gain over clean, JPEG and noisy inputs of the strengths 0, 0.25, ..., 1 on crops of training photos
-# (benchmarks/upscale_denoise.py; docs/upscale.md).
-DENOISE_PARTNERS = {"upscale-x4": "upscale-x4-clean"}
+# `upscale --denoise`: a bundled real-world upscaler and the clean one it descends from (both x2 models are
+# made from the x4 pair by tools/change_scale.py), which `blend` mixes (0: the clean one, 1: the real-world
+# one). The default keeps the real-world one: at both factors it has the best mean gain over clean, JPEG and
+# noisy inputs of the strengths 0, 0.25, ..., 1 on crops of training photos (benchmarks/upscale_denoise.py;
+# docs/upscale.md).
+DENOISE_PARTNERS = {"upscale-x4": "upscale-x4-clean", "upscale-x2": "upscale-x2-clean"}
 DEFAULT_DENOISE = 1.0
 
 

@@ -17,9 +17,9 @@ from diffgen.enums import ImageFormat, Precision
 from diffgen.text import count_of
 from diffgen.video import SEGMENT_FRAMES, Codec  # no torch, no PyAV: --help stays fast
 
-MODEL_HELP = (MODEL_HELP + " upscale-x4 (the default) is trained on inputs with JPEG blocks, noise and blur, as "
-              "photos from phones and the web have; upscale-x4-clean scores higher on clean, lossless inputs "
-              "(PNG renders, scans) and keeps more faint texture.")
+MODEL_HELP = (MODEL_HELP + " upscale-x4 (the default) and upscale-x2 (--scale 2) are trained on inputs with JPEG "
+              "blocks, noise and blur, as photos from phones and the web have; upscale-x4-clean and upscale-x2-clean "
+              "score higher on clean, lossless inputs (PNG renders, scans) and keep more faint texture.")
 STEPS_HELP = "Denoising steps: 1 is the most faithful (highest PSNR); more add sampled texture."
 
 
@@ -41,7 +41,7 @@ def upscale(
     samples: Annotated[int, typer.Option(help=SAMPLES_HELP)] = 2,
     detail: Annotated[bool, typer.Option("--detail", help="Sampled texture (fur, foliage, grain) instead of the most faithful average: --steps 20 --eta 1 --samples 1, slower and a little less faithful.")] = False,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
-    denoise: Annotated[Optional[float], typer.Option(metavar="STRENGTH", help="0 to 1: how much noise and JPEG blocking the bundled upscaler removes; lower keeps more faint texture, and more noise. A blend of upscale-x4 (1) and upscale-x4-clean (0).", show_default="1")] = None,
+    denoise: Annotated[Optional[float], typer.Option(metavar="STRENGTH", help="0 to 1: how much noise and JPEG blocking the bundled upscaler removes; lower keeps more faint texture, and more noise. A blend of the bundled upscaler (1) and its -clean partner (0).", show_default="1")] = None,
     width: Annotated[Optional[int], typer.Option(help="Final width in pixels (the height follows the aspect): the model's output resized (Lanczos).", show_default="the model's factor")] = None,
     height: Annotated[Optional[int], typer.Option(help="Final height in pixels (the width follows the aspect).", show_default="the model's factor")] = None,
     tile: Annotated[Optional[int], typer.Option(help="Side of the pieces the image is upscaled in, in input pixels: smaller uses less memory.", show_default="automatic")] = None,
@@ -258,7 +258,7 @@ def eval_upscale(
     samples: Annotated[int, typer.Option(help=SAMPLES_HELP)] = 2,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     tile: Annotated[Optional[int], typer.Option(help="Side of the pieces the image is upscaled in, in input pixels: smaller uses less memory.", show_default="automatic")] = None,
-    denoise: Annotated[Optional[float], typer.Option(metavar="STRENGTH", help="0 to 1: how much noise and JPEG blocking the bundled upscaler removes; lower keeps more faint texture, and more noise. A blend of upscale-x4 (1) and upscale-x4-clean (0).", show_default="1")] = None,
+    denoise: Annotated[Optional[float], typer.Option(metavar="STRENGTH", help="0 to 1: how much noise and JPEG blocking the bundled upscaler removes; lower keeps more faint texture, and more noise. A blend of the bundled upscaler (1) and its -clean partner (0).", show_default="1")] = None,
     degrade: Annotated[str, typer.Option(metavar="CONDITION", help="What happens to each shrunk image before it is upscaled: clean, jpeg:QUALITY (saved as a JPEG, e.g. jpeg:75) or noise:SIGMA (Gaussian noise in 8-bit levels, e.g. noise:5).")] = "clean",
     precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.AUTO,
     device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
