@@ -58,7 +58,6 @@ OVERLAP = 16  # LR pixels shared by neighbouring tiles
 VIEW_BATCH = 2
 
 
-
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     """Pad the bottom and right edges of (B, C, H, W) by reflection up to a multiple of `multiple`."""
     h, w = x.shape[-2:]
