@@ -7,7 +7,9 @@ faster), on the bundled x4 upscaler:
   path before issue 19); autocast with channels-last weights; weights cast to bf16 once, in NCHW and in
   channels-last (diffgen's `in_bfloat16`); the two mirror views of `--samples 2` as one batch of 2;
 - a whole 512x512 -> 2048x2048 upscale (`upscale_image`, the default setting) at several tile sizes;
-- with --compile, `torch.compile` of the network: its compile time and the speed it buys per tile.
+- with --compile, `torch.compile` of the network: its compile time and the speed it buys per tile;
+- `generate --n 16` of each bundled generation model at its default setting (bf16), with and without
+  `unet.GroupNorm`'s detour around the slow channels-last path of torch's group norm.
 
 One thread is the default (on a shared machine more threads than free cores make timings swing);
 on a quiet machine pass `--threads N` as well.
@@ -28,7 +30,9 @@ from pathlib import Path
 import torch
 from reference_unet import cpu_model, interleave, median_ratio
 
+import diffgen.unet
 from diffgen.checkpoint import Task, in_bfloat16
+from diffgen.generate import generate_images
 from diffgen.models import open_model
 from diffgen.upscale import DEFAULT_TILE, Sampling, upscale_image
 from upscale_speed import test_image
@@ -104,6 +108,28 @@ def compile_lever(loaded, tile: int, rounds: int) -> dict:
     return {"first_call_s": first, "seconds": times, "speedup": median_ratio(times["eager"], times["compiled"])}
 
 
+def group_norm_lever(models: list[str], rounds: int) -> dict:
+    """Seconds of sampling 16 images with each bundled generation model, with and without the detour."""
+    detour = diffgen.unet.slow_channels_last_norm
+
+    def sample(loaded, use_detour: bool) -> None:
+        diffgen.unet.slow_channels_last_norm = detour if use_detour else (lambda x, groups: False)
+        try:
+            spec = loaded.spec
+            generate_images(loaded, 16, guidance=spec.guidance, guidance_interval=spec.guidance_interval)
+        finally:
+            diffgen.unet.slow_channels_last_norm = detour
+
+    results = {}
+    for name in models:
+        loaded = in_bfloat16(open_model(name, Task.GENERATE))
+        calls = {"torch": lambda: sample(loaded, False), "detour": lambda: sample(loaded, True)}
+        with torch.inference_mode():
+            times = interleave(calls, rounds, warmup=1)
+        results[name] = {"seconds": times, "speedup": median_ratio(times["torch"], times["detour"])}
+    return results
+
+
 def print_results(r: dict) -> None:
     print(f"\n{r['cpu']}, torch {r['torch']}, {r['threads']} thread(s)")
     f = r["forward"]
@@ -121,6 +147,9 @@ def print_results(r: dict) -> None:
     if "compile" in r:
         c = r["compile"]
         print(f"torch.compile: first call {c['first_call_s']:.1f} s, then {c['speedup']:.2f}x eager per tile")
+    for name, g in r.get("group_norm", {}).items():
+        print(f"generate --n 16 --model {name} (bf16): {statistics.median(g['seconds']['torch']):.2f} s with torch's "
+              f"group norm, {statistics.median(g['seconds']['detour']):.2f} s with the detour: {g['speedup']:.2f}x")
 
 
 def main() -> None:
@@ -131,6 +160,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of forward passes")
     parser.add_argument("--upscale-rounds", type=int, default=2, help="interleaved rounds of whole upscales")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile")
+    parser.add_argument("--generate", nargs="*", default=["digits", "emoji"],
+                        help="bundled models to sample with and without the group-norm detour [default: %(default)s]")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -143,6 +174,8 @@ def main() -> None:
         results["tiles"] = tile_levers(in_bfloat16(loaded), tiles, args.upscale_rounds)
     if args.compile:
         results["compile"] = compile_lever(loaded, args.tile, args.rounds)
+    if args.generate:
+        results["group_norm"] = group_norm_lever(args.generate, args.rounds)
     print_results(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -54,3 +54,32 @@ def test_the_label_embedding_starts_as_nn_embedding_does():
     assert torch.equal(ours, torch.nn.Embedding(11, 8).weight.detach())
     with torch.device("meta"):
         assert label_embedding(11, 8).weight.is_meta
+
+
+@pytest.mark.parametrize(
+    "shape, detour",
+    [
+        ((4, 32, 14, 14), True),  # 4 channels a group, 196 pixels: torch's per-pixel path
+        ((2, 64, 28, 28), True),  # 8 channels a group
+        ((2, 128, 14, 14), False),  # 16 channels a group: torch's own kernel is the faster
+        ((2, 32, 32, 32), False),  # 1,024 pixels: torch's kernel reads whole pixels
+    ],
+)
+def test_group_norm_on_channels_last_is_group_norm_in_the_same_layout(shape, detour):
+    from diffgen.unet import GroupNorm, slow_channels_last_norm
+
+    torch.manual_seed(0)
+    norm = GroupNorm(8, shape[1])
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = (3 * torch.randn(shape) + 1).contiguous(memory_format=torch.channels_last)
+    assert slow_channels_last_norm(x, 8) == detour
+    assert not slow_channels_last_norm(x.contiguous(), 8)  # the contiguous layout is never detoured
+    out = norm(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)  # what the next bf16 convolution expects
+    reference = torch.nn.functional.group_norm(x.contiguous().double(), 8, norm.weight.double(), norm.bias.double())
+    torch.testing.assert_close(out.double(), reference, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        in_bf16 = norm.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert in_bf16.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(in_bf16.double(), reference, rtol=0.02, atol=0.05)

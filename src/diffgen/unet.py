@@ -77,13 +77,37 @@ def timestep_embedding(t: Tensor, dim: int) -> Tensor:
     return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm that steers channels-last CPU inputs around a slow path of torch's kernel.
+
+    For a channels-last input with fewer than 1,024 pixels, torch's CPU kernel (torch 2.13) gathers each
+    group's statistics one pixel at a time, reading C/G channels per pixel; with 4 or 8 channels a group
+    that costs 1.5-2.7x a detour through the contiguous layout (two copies and the contiguous kernel;
+    bf16, 2 cores, batches of 1 to 32), and at 16 channels a group the detour loses. The bfloat16 sampling
+    copy runs channels-last (`checkpoint.BFloat16Model`), so this is what its small levels take.
+    The result is the same group norm: it differs from the channels-last kernel's only by rounding.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if slow_channels_last_norm(x, self.num_groups):
+            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
+def slow_channels_last_norm(x: Tensor, groups: int) -> bool:
+    """Whether torch's CPU group norm would take its per-pixel path on `x` with few channels a group."""
+    _, c, h, w = x.shape
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return x.device.type == "cpu" and channels_last and h * w < 1024 and c // groups <= 8
+
+
 class ResBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int, dropout: float):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.norm1 = GroupNorm(groups, in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * out_ch)
-        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.norm2 = GroupNorm(groups, out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)  # each block starts as the identity
@@ -104,7 +128,7 @@ class Attention(nn.Module):
         self.heads = max(1, ch // head_channels)
         while ch % self.heads:  # widths that are no multiple of head_channels: fewer, wider heads
             self.heads -= 1
-        self.norm = nn.GroupNorm(groups, ch)
+        self.norm = GroupNorm(groups, ch)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.out = nn.Conv2d(ch, ch, 1)
         nn.init.zeros_(self.out.weight)
@@ -181,7 +205,7 @@ class UNet(nn.Module):
             self.up.append(Level(in_chs, w, emb_dim, i in cfg.attention_levels, cfg))
             self.upsample.append(nn.Conv2d(w, w, 3, padding=1) if i > 0 else nn.Identity())
 
-        self.norm_out = nn.GroupNorm(cfg.norm_groups, widths[0])
+        self.norm_out = GroupNorm(cfg.norm_groups, widths[0])
         self.conv_out = nn.Conv2d(widths[0], folded, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
