@@ -68,8 +68,10 @@ def pictures(n: int, w: int, h: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def make_clip(path: Path, n: int = 5, w: int = 16, h: int = 12, *, rotation: int | None = None, audio: bool = True,
-              srt: Path | None = None, codec: str = "libx264", pix_fmt: str = "yuv420p") -> Path:
-    """A clip with variable frame gaps (ms), AAC sound and optionally rotation and subtitles from an .srt file."""
+              srt: Path | None = None, codec: str = "libx264", pix_fmt: str = "yuv420p",
+              images: list[np.ndarray] | None = None) -> Path:
+    """A clip with variable frame gaps (ms), AAC sound and optionally rotation and subtitles from an .srt file;
+    its frames are `images`, or n unrelated pictures."""
     subtitles = av.open(str(srt)) if srt else None
     with av.open(str(path), "w") as c:
         v = c.add_stream(codec, rate=24)
@@ -80,7 +82,7 @@ def make_clip(path: Path, n: int = 5, w: int = 16, h: int = 12, *, rotation: int
         a = c.add_stream("aac", rate=8000) if audio else None
         s = c.add_stream_from_template(subtitles.streams[0]) if subtitles else None
         pts = 0
-        for i, rgb in enumerate(pictures(n, w, h)):
+        for i, rgb in enumerate(pictures(n, w, h) if images is None else images):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts, frame.time_base = pts, Fraction(1, 1000)
             pts += GAPS_MS[i % 3]
@@ -152,15 +154,41 @@ def test_subtitles_and_sound_are_copied_bit_for_bit(tmp_path, loaded):
 
 
 def test_frames_are_upscaled_as_images(tmp_path, loaded):
-    """Lossless 4:4:4 in and out: each output frame is the image upscale of the decoded input frame."""
+    """Lossless 4:4:4 in and out: without --stabilize each output frame is the image upscale of the decoded input."""
     src = make_clip(tmp_path / "clip.mkv", n=4, audio=False, pix_fmt="yuv444p")
     dst = tmp_path / "out.mkv"
     sampling = Sampling(samples=1, seed=3)
-    upscale(src, dst, loaded, sampling=sampling, crf=0, pix_fmt="yuv444p", tile=32)
+    upscale(src, dst, loaded, sampling=sampling, crf=0, pix_fmt="yuv444p", tile=32, stabilize=False)
     for before, after in zip(frames(src), frames(dst), strict=True):
         image, _ = upscale_image(loaded, before.to_image(), tile=32, sampling=sampling)
         difference = np.abs(np.asarray(image, np.int16) - after.to_ndarray(format="rgb24").astype(np.int16))
         assert difference.max() <= 3  # RGB -> YUV -> RGB rounding only
+
+
+def test_stabilized_frames_start_afresh_with_each_piece(tmp_path, loaded):
+    """By default the frames are those of a `Stabilizer` over the image upscales, one per piece (so that any
+    process, or a resume, makes a piece the same)."""
+    from diffgen.video.temporal import Stabilizer
+
+    wide = pictures(1, 24, 12)[0]
+    src = make_clip(tmp_path / "clip.mkv", audio=False, pix_fmt="yuv444p",
+                    images=[wide[:, t : t + 16] for t in range(4)])  # a pan, one input pixel a frame
+    dst = tmp_path / "out.mkv"
+    sampling = Sampling(samples=1, seed=3)
+    upscale(src, dst, loaded, sampling=sampling, crf=0, pix_fmt="yuv444p", tile=32, segment_frames=2)
+    decoded = [f.to_ndarray(format="rgb24") for f in frames(src)]
+
+    def alone(rgb: np.ndarray) -> np.ndarray:
+        return np.asarray(upscale_image(loaded, Image.fromarray(rgb), tile=32, sampling=sampling)[0])
+
+    def stabilized(piece: list[np.ndarray]) -> list[np.ndarray]:
+        stabilizer = Stabilizer(alone)
+        return [stabilizer(frame) for frame in piece]
+
+    steady = stabilized(decoded[:2]) + stabilized(decoded[2:])
+    for expected, after in zip(steady, frames(dst), strict=True):
+        assert np.abs(expected.astype(np.int16) - after.to_ndarray(format="rgb24")).max() <= 3
+    assert np.abs(steady[1].astype(np.int16) - alone(decoded[1])).max() > 3  # the second frame carries detail
 
 
 @pytest.mark.parametrize("codec, suffix, name", [(Codec.h265, ".mp4", "hevc"), (None, ".webm", "vp9"),
@@ -369,6 +397,22 @@ def test_the_command_upscales_videos_beside_images_and_skips_finished_ones(tmp_p
     assert r.exit_code == 1 and "--width and --height are for images" in r.output
 
 
+def test_no_stabilize_writes_each_frame_s_own_upscale(tmp_path, loaded):
+    from typer.testing import CliRunner
+
+    from diffgen.cli import app
+
+    wide = pictures(1, 24, 12)[0]
+    src = make_clip(tmp_path / "clip.mp4", n=3, audio=False, images=[wide[:, t : t + 16] for t in range(3)])
+    args = ["upscale", str(src), "--model", str(loaded.path), "--samples", "1", "--precision", "fp32"]
+    for flag, name in (("--stabilize", "steady.mp4"), ("--no-stabilize", "alone.mp4")):
+        r = CliRunner().invoke(app, [*args, flag, "--out", str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+    upscale(src, tmp_path / "library.mp4", loaded, stabilize=False)
+    assert (tmp_path / "alone.mp4").read_bytes() == (tmp_path / "library.mp4").read_bytes()
+    assert (tmp_path / "steady.mp4").read_bytes() != (tmp_path / "alone.mp4").read_bytes()
+
+
 def test_torchrun_splits_one_video_by_pieces_and_joins_what_one_process_writes(tmp_path, loaded):
     from test_distributed import run
 
@@ -394,7 +438,7 @@ def test_a_resume_finishes_the_pieces_another_process_left(tmp_path, loaded, mon
     work = tmp_path / ".clip_x4.mp4.diffgen-video"
     work.mkdir()
     (work / "settings.json").write_text(json.dumps(video_job.fingerprint(
-        src, loaded, FAST, None, video_job.choose_encoding(dst, None, None, "yuv420p"), 2)))
+        src, loaded, FAST, None, video_job.choose_encoding(dst, None, None, "yuv420p"), 2, True)))
     result = upscale(src, dst, loaded, segment_frames=2, ranks=Ranks(1, 2), resume=True)
     assert not dst.exists() and not result.stopped and result.frames == 7
     assert sorted(p.name for p in work.iterdir()) == ["000001.mp4", "000003.mp4", "settings.json"]  # only process 0 locks

@@ -52,6 +52,7 @@ def upscale(
     pix_fmt: Annotated[str, typer.Option(help="Video pixel format: yuv420p plays everywhere, yuv444p keeps full colour detail, yuv420p10le has 10 bits.")] = "yuv420p",
     keep_partial: Annotated[bool, typer.Option("--keep-partial", help="When a video upscale is stopped, keep the frames done as a playable NAME.partial.EXT.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped video upscale from its finished pieces (120 frames each).")] = False,
+    stabilize: Annotated[bool, typer.Option("--stabilize/--no-stabilize", help="Video: carry the detail the model adds along the motion from frame to frame, against flicker; --no-stabilize upscales each frame alone.")] = True,
     piece_frames: Annotated[int, typer.Option(hidden=True, help="Frames per piece of a video (for tests: many pieces from a short clip).")] = SEGMENT_FRAMES,
 ) -> None:
     """Upscale images and videos with a diffusion super-resolution model.
@@ -103,7 +104,7 @@ def upscale(
     batch = UpscaleBatch(loaded, tile=tile, sampling=sampling, quality=quality, width=width, height=height,
                          overwrite=overwrite, skip_existing=skip_existing, denoise=denoise,
                          video=dict(codec=codec, crf=crf, pix_fmt=pix_fmt, keep_partial=keep_partial, resume=resume,
-                                    segment_frames=piece_frames))
+                                    segment_frames=piece_frames, stabilize=stabilize))
     with process_group(torch.device("cpu")) as ranks:  # under torchrun: every video together, images by file
         batch.ranks = ranks
         mine = share(plan, ranks)
@@ -146,7 +147,7 @@ class UpscaleBatch:
                  **settings):
         self.loaded, self.skip_existing, self.overwrite, self.settings = loaded, skip_existing, overwrite, settings
         self.denoise = denoise
-        self.video = video  # the video options: codec, crf, pix_fmt, keep_partial, resume
+        self.video = video  # the video options: codec, crf, pix_fmt, keep_partial, resume, stabilize
         self.counts = Counter()
         self.stopped_video = None  # how to continue a video upscale stopped between frames
         self.processes = 1  # the torchrun processes whose files the counts hold

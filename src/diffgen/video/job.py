@@ -60,6 +60,7 @@ from diffgen.video.streams import (
     chroma_multiple,
     open_source,
 )
+from diffgen.video.temporal import Stabilizer
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ def upscale_video(
     keep_partial: bool = False,
     resume: bool = False,
     segment_frames: int = SEGMENT_FRAMES,
+    stabilize: bool = True,
     ranks: Ranks = Ranks(),
     on_progress: Callable[[VideoProgress], None] | None = None,
     stop: Callable[[], bool] | None = None,
@@ -124,13 +126,14 @@ def upscale_video(
             size = output_size(source.probe, loaded.spec.scale, encoding.pix_fmt)
             check_writable(src, dst, encoding, source.probe, size)
             check_memory(loaded, src, frame_header(source.probe.width, source.probe.height), tile)
-            return source, encoding, size, fingerprint(src, loaded, sampling, tile, encoding, segment_frames)
+            return source, encoding, size, fingerprint(src, loaded, sampling, tile, encoding, segment_frames, stabilize)
 
         source, encoding, size, settings = together(prepare, ranks, dst)
         probe = source.probe
         work = stack.enter_context(work_folder(dst, settings, resume, ranks))
-        upscale = partial(upscale_frame, loaded, tile=tile, sampling=sampling)
-        passed = together(lambda: encode_share(source, work, segment_frames, ranks, upscale, Writer(encoding, probe, size),
+        upscaler = partial(piece_upscaler, partial(upscale_frame, loaded, tile=tile, sampling=sampling), stabilize)
+        writer = Writer(encoding, probe, size)
+        passed = together(lambda: encode_share(source, work, segment_frames, ranks, upscaler, writer,
                                                Reporter(on_progress, probe.total), stop), ranks, dst)
         stopped = bool(ranks_with(passed.stopped, ranks))
         kept = finish_partial(work, src, dst, probe, passed.pending) if stopped and keep_partial and ranks.main else None
@@ -144,6 +147,13 @@ def upscale_video(
     padded = [f"padded to {size[0]}x{size[1]}: {encoding.pix_fmt} needs even sizes"] if size != scaled else []
     return VideoResult(src, None if stopped else dst, passed.done, size, passed.earlier, stopped, kept,
                        "; ".join(list(probe.notes) + padded) or None)
+
+
+def piece_upscaler(upscale: Callable[[np.ndarray], np.ndarray], stabilize: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """What upscales the frames of one piece: `upscale`, or a `Stabilizer` around it that starts afresh with the
+    piece, so that a piece is the same whichever process encodes it and whether or not a resume skipped the one
+    before it."""
+    return Stabilizer(upscale) if stabilize else upscale
 
 
 def choose_encoding(dst: Path, codec: Codec | None, crf: int | None, pix_fmt: str) -> Encoding:
@@ -174,13 +184,13 @@ def frame_header(width: int, height: int) -> SimpleNamespace:
 
 
 def fingerprint(src: Path, loaded: LoadedModel, sampling: Sampling, tile: int | None, encoding: Encoding,
-                segment_frames: int) -> dict:
+                segment_frames: int, stabilize: bool) -> dict:
     """Everything a piece's content depends on: a resume with other settings would join pieces that differ."""
     stat = src.stat()
     return {"source": str(src.resolve()), "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns,
             "model": model_identity(loaded.path), "precision": loaded.precision, "sampling": asdict(sampling),
             "tile": tile, "codec": encoding.codec.value, "crf": encoding.crf, "pix_fmt": encoding.pix_fmt,
-            "segment_frames": segment_frames, "diffgen": __version__}
+            "segment_frames": segment_frames, "stabilize": stabilize, "diffgen": __version__}
 
 
 class Writer:
@@ -216,14 +226,14 @@ class Pass:
     pending: int | None  # the stopped piece, closed (it plays) and left pending; None when there is none
 
 
-def encode_share(source, work: Work, per_piece: int, ranks: Ranks, upscale: Callable, writer: Writer,
+def encode_share(source, work: Work, per_piece: int, ranks: Ranks, upscaler: Callable, writer: Writer,
                  report: Reporter, stop: Callable[[], bool] | None) -> Pass:
     """Encode this process's pieces, k ≡ rank (mod processes). In a split upscale a process that fails or is
     stopped asks the others to stop, and stops when another asks."""
     split = ranks.world > 1
     asked = lambda: bool(stop and stop()) or (split and work.stop_asked())  # noqa: E731
     try:
-        passed = encode_pieces(source.frames(), work, per_piece, lambda k: k % ranks.world == ranks.rank, upscale,
+        passed = encode_pieces(source.frames(), work, per_piece, lambda k: k % ranks.world == ranks.rank, upscaler,
                                writer, report, asked)
     except BaseException:
         if split:
@@ -235,10 +245,10 @@ def encode_share(source, work: Work, per_piece: int, ranks: Ranks, upscale: Call
 
 
 def encode_pieces(frames: Iterator[Frame], work: Work, per_piece: int, mine: Callable[[int], bool],
-                  upscale: Callable, writer: Writer, report: Reporter, stop: Callable[[], bool]) -> Pass:
+                  upscaler: Callable[[], Callable], writer: Writer, report: Reporter, stop: Callable[[], bool]) -> Pass:
     """Upscale and encode the frames of the pieces that are `mine` and were not finished before, closing a piece
-    every `per_piece` frames. Every frame is decoded, as a frame's index and timing depend on those before it,
-    but only those upscaled here are converted to RGB.
+    every `per_piece` frames; `upscaler()` makes what upscales a piece's frames. Every frame is decoded, as a
+    frame's index and timing depend on those before it, but only those upscaled here are converted to RGB.
 
     A stopped piece is closed (it plays) and left pending. Any exception removes the pending piece: the finished
     ones stay for a resume.
@@ -254,7 +264,7 @@ def encode_pieces(frames: Iterator[Frame], work: Work, per_piece: int, mine: Cal
                 if stop():
                     break
                 if piece is None:
-                    piece = number, writer.open(work.pending(number))
+                    piece, upscale = (number, writer.open(work.pending(number))), upscaler()
                 piece[1].write(upscale(frame.rgb()), frame)
                 report(frame.index + 1, earlier)
                 if piece[1].frames == per_piece:
