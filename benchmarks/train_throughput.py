@@ -47,7 +47,7 @@ from diffgen.data import Dataset, open_dataset
 from diffgen.images import to_model_range
 from diffgen.objective import DiffusionLoss, update_ema
 from diffgen.runtime import Ranks
-from diffgen.train import build_spec, train_step
+from diffgen.train import build_spec, on_device, train_step
 from diffgen.unet import UNet
 
 IMAGE_SIZE, CHANNELS, NUM_CLASSES = 32, 3, 10
@@ -68,7 +68,7 @@ def diffgen_step(cfg: TrainConfig, data: Dataset, ema_seconds: list[float]) -> t
     """One step of diffgen's training loop, set up as `train()` does; EMA time goes to `ema_seconds`."""
     spec = build_spec(cfg, data)
     torch.manual_seed(cfg.seed)
-    model = UNet(spec.unet).to(cfg.device)
+    model = on_device(UNet(spec.unet), torch.device(cfg.device))
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     batches = Batches(data, cfg, Ranks(), first_k=0)

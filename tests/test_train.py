@@ -368,3 +368,24 @@ def test_a_bf16_run_trains_and_records_its_precision(class_folder, tmp_path):
     assert load_config(out / "state.safetensors").precision == "bf16"  # so a resumed run keeps it
     losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert len(losses) == 4 and all(0 < loss < 10 for loss in losses)
+
+
+def test_a_cpu_network_trains_in_channels_last_with_the_same_gradients():
+    """`on_device` puts a CPU network in channels-last (faster oneDNN convolutions); its gradients are the
+    float32 network's in the contiguous layout, up to rounding."""
+    import copy
+
+    from diffgen.train import on_device
+    from diffgen.unet import UNet, preset
+
+    torch.manual_seed(0)
+    reference = UNet(preset("tiny", num_classes=3, base_channels=16, norm_groups=4))
+    for p in reference.parameters():  # zero-initialised layers would leave most gradients zero
+        p.data.normal_(0, 0.05)
+    fast = on_device(copy.deepcopy(reference), torch.device("cpu"))
+    assert fast.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    x, t, labels = torch.randn(4, 3, 16, 16), torch.tensor([1, 200, 500, 999]), torch.tensor([0, 1, 2, 3])
+    for net in (reference, fast):
+        net(x, t, labels).square().mean().backward()
+    for (name, a), b in zip(reference.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
