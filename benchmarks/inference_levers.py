@@ -3,7 +3,8 @@
 Side by side in one process, interleaved (AB BA AB ...), medians of paired ratios (above 1.0: the lever is
 faster), on the bundled x4 upscaler:
 
-- one tile's forward pass (DEFAULT_TILE LR pixels): float32; bf16 autocast of the float32 network (the
+- one tile's forward pass (DEFAULT_TILE LR pixels): float32, in NCHW and in channels-last (diffgen's
+  float32 path on a CPU since session 17); bf16 autocast of the float32 network (the
   path before issue 19); autocast with channels-last weights; weights cast to bf16 once, in NCHW and in
   channels-last (diffgen's `in_bfloat16`); the two mirror views of `--samples 2` as one batch of 2;
 - a whole 512x512 -> 2048x2048 upscale (`upscale_image`, the default setting) at several tile sizes;
@@ -71,7 +72,8 @@ def forward_levers(loaded, tile: int, rounds: int) -> dict:
     """Seconds of one tile's forward pass for each variant, and each one's error against float32."""
     fp32 = loaded.model
     channels_last = copy.deepcopy(fp32).to(memory_format=torch.channels_last)
-    models = {"fp32": fp32, "autocast": Autocast(fp32), "autocast+channels_last": Autocast(channels_last),
+    models = {"fp32": fp32, "fp32+channels_last": channels_last, "autocast": Autocast(fp32),
+              "autocast+channels_last": Autocast(channels_last),
               "cast_once": CastOnce(fp32), "cast_once+channels_last": in_bfloat16(loaded).model}
     one, two = tile_inputs(1, tile, loaded.spec.scale), tile_inputs(2, tile, loaded.spec.scale)
     calls = {name: (lambda m=m: m(*one)) for name, m in models.items()}

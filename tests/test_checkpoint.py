@@ -84,6 +84,22 @@ def test_spec_json_round_trip():
     assert json.loads(spec.to_json())["task"] == "generate"
 
 
+def test_float32_sampling_on_a_cpu_is_channels_last_with_the_same_outputs(tmp_path):
+    from diffgen.checkpoint import with_precision
+
+    model, spec = make_model()
+    for p in model.parameters():  # zero-initialised layers would hide most of the network
+        p.data.normal_(0, 0.05)
+    save_model(tmp_path / "m.safetensors", model, spec)
+    x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([3, 900]), torch.tensor([0, 1])
+    loaded = load_model(tmp_path / "m.safetensors")
+    with torch.no_grad():
+        contiguous = loaded.model(x, t, y)
+        fast = with_precision(loaded, "fp32")
+        assert fast.precision == "fp32" and fast.model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(fast.model(x, t, y), contiguous, rtol=1e-5, atol=1e-5)
+
+
 def test_bfloat16_sampling_stays_close_to_float32(tmp_path):
     from diffgen.checkpoint import in_bfloat16
 
