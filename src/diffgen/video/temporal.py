@@ -78,7 +78,8 @@ def refine(previous: Tensor, current: Tensor, flow: Tensor) -> Tensor:
     gx, gy = gradients((moved + current) / 2)
     seen = inside(flow)
     gx, gy, change = gx * seen, gy * seen, (current - moved) * seen
-    # Solve [Σgx² Σgxgy; Σgxgy Σgy²] d = [Σgx·change; Σgy·change] in every window (means, the same solution).
+    # Solve [Σgx² Σgxgy; Σgxgy Σgy²] d = [Σgx·change; Σgy·change] in every window, as means: DAMPING is in the
+    # units of a mean squared gradient.
     sums = box(torch.cat([gx * gx, gx * gy, gy * gy, gx * change, gy * change], dim=1), WINDOW)
     xx, xy, yy, bx, by = sums.unbind(1)
     xx, yy = xx + DAMPING, yy + DAMPING
