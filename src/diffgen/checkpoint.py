@@ -81,7 +81,7 @@ def with_precision(loaded: LoadedModel, precision: str) -> LoadedModel:
     """Sample in `precision`: fp32, bf16, or auto (bf16 where `bf16_is_fast`, else fp32).
 
     A float32 network on a CPU is put in channels-last in place (its values are unchanged): oneDNN's
-    convolutions then skip a reorder per call, 1.03-1.16x faster per forward on machine C
+    convolutions then skip a reorder per call: an upscaler tile 1.19x faster on machine C
     (`benchmarks/inference_levers.py`, fp32 rows; not yet measured on a CPU without AVX-512).
     """
     device = next(loaded.model.parameters()).device

@@ -83,8 +83,9 @@ class GroupNorm(nn.GroupNorm):
     For a channels-last input with fewer than 1,024 pixels, torch's CPU kernel (torch 2.13) gathers each
     group's statistics one pixel at a time, reading C/G channels per pixel; with 4 or 8 channels a group
     that costs 1.5-2.7x a detour through the contiguous layout (two copies and the contiguous kernel;
-    bf16, 2 cores, batches of 1 to 32), and at 16 channels a group the detour loses. The bfloat16 sampling
-    copy runs channels-last (`checkpoint.BFloat16Model`), so this is what its small levels take.
+    bf16, 2 cores, batches of 1 to 32), and at 16 channels a group the detour loses. On a CPU, sampling
+    (`checkpoint.with_precision`, `checkpoint.BFloat16Model`) and training (`train.on_device`) run the
+    network channels-last, so this is what their small levels take.
     The result is the same group norm: it differs from the channels-last kernel's only by rounding.
     """
 
