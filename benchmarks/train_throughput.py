@@ -20,6 +20,10 @@ op waiting for a descheduled thread and timings swing by several times. On a qui
     python benchmarks/train_throughput.py            # tiny and small presets, 1 thread, about 2 minutes
     python benchmarks/train_throughput.py --steps 2 --presets tiny --json train.json
     python benchmarks/train_throughput.py --precision bf16     # both sides under bf16 autocast
+    python benchmarks/train_throughput.py --threads 2 --compile --presets tiny   # diffgen's network compiled
+
+With --compile, diffgen's network goes through `torch.compile` (diffusers' loop stays eager, as its example
+runs); the first step, which compiles, is timed apart and reported as the compile time.
 """
 
 from __future__ import annotations
@@ -64,8 +68,10 @@ def make_image_folder(root: Path, *, per_class: int = 32, seed: int = 0) -> Path
     return root
 
 
-def diffgen_step(cfg: TrainConfig, data: Dataset, ema_seconds: list[float]) -> tuple[Callable[[], None], UNet]:
-    """One step of diffgen's training loop, set up as `train()` does; EMA time goes to `ema_seconds`."""
+def diffgen_step(cfg: TrainConfig, data: Dataset, ema_seconds: list[float], *,
+                 compiled: bool = False) -> tuple[Callable[[], None], UNet]:
+    """One step of diffgen's training loop, set up as `train()` does (its network through `torch.compile` if
+    `compiled`); EMA time goes to `ema_seconds`."""
     spec = build_spec(cfg, data)
     torch.manual_seed(cfg.seed)
     model = on_device(UNet(spec.unet), torch.device(cfg.device))
@@ -73,11 +79,12 @@ def diffgen_step(cfg: TrainConfig, data: Dataset, ema_seconds: list[float]) -> t
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     batches = Batches(data, cfg, Ranks(), first_k=0)
     loss_fn = DiffusionLoss.of(spec, cfg)
+    net = torch.compile(model) if compiled else model
     step = 0
 
     def run() -> None:
         nonlocal step
-        train_step(model, opt, batches, spec, loss_fn, cfg, step)
+        train_step(net, opt, batches, spec, loss_fn, cfg, step)
         start = time.perf_counter()
         update_ema(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
         ema_seconds.append(time.perf_counter() - start)
@@ -112,13 +119,19 @@ def diffusers_step(unet_cfg, images: torch.Tensor, labels: torch.Tensor, batch_s
 
 
 def bench_preset(name: str, data_dir: Path, out_dir: Path, batch_size: int, steps: int, warmup: int,
-                 precision: str, device: str) -> dict:
+                 precision: str, device: str, compiled: bool = False) -> dict:
     """Interleaved step times of both loops for one preset, summarised as images/s."""
     cfg = TrainConfig(data_dir=data_dir, out_dir=out_dir, preset=name, image_size=IMAGE_SIZE,
                       batch_size=batch_size, workers=0, device=device, precision=precision)
     data = open_dataset(data_dir, size=IMAGE_SIZE)  # small enough to decode into memory, as train() would
     ema_seconds: list[float] = []
-    ours, ours_model = diffgen_step(cfg, data, ema_seconds)
+    ours, ours_model = diffgen_step(cfg, data, ema_seconds, compiled=compiled)
+    compile_s = None
+    if compiled:  # the first call compiles: timed on its own, then left out like any warm-up step
+        start = time.perf_counter()
+        synced(ours, device)()
+        compile_s = time.perf_counter() - start
+        ema_seconds.clear()
     images = to_model_range(torch.stack(data.images))
     ref, ref_model = diffusers_step(ours_model.cfg, images, data.labels, batch_size, cfg.lr, precision, device)
     times = interleave({"diffgen": synced(ours, device), "diffusers": synced(ref, device)}, steps, warmup=warmup)
@@ -134,6 +147,7 @@ def bench_preset(name: str, data_dir: Path, out_dir: Path, batch_size: int, step
         },
         "ratio": median_ratio(times["diffusers"], times["diffgen"]),
         "ratio_train_step_only": median_ratio(times["diffusers"], step_only),
+        "compile_first_step_s": compile_s,
     }
 
 
@@ -145,6 +159,8 @@ def print_table(results: dict) -> None:
         print(f"{name:<7}{p['diffgen']:>11,} / {p['diffusers']:>8,}{ips['diffgen']:>15.2f}"
               f"{ips['diffgen_train_step_only']:>10.2f}{ips['diffusers']:>17.2f}{r['ratio']:>7.2f}x"
               f"{r['ratio_train_step_only']:>9.2f}x")
+        if r["compile_first_step_s"] is not None:
+            print(f"{'':<7}diffgen compiled: its first step (compiling) took {r['compile_first_step_s']:.0f} s")
     print(f"\nratio = median over rounds of diffusers step time / diffgen step time (goal >= 1.5x, issue 19); "
           f"{results['threads']} torch thread(s), batch {results['batch_size']}, {IMAGE_SIZE}x{IMAGE_SIZE}, "
           f"{NUM_CLASSES} classes, {results['steps']} timed steps each after {results['warmup']} warm-up, "
@@ -161,11 +177,13 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                         help="what both sides compute in (default: fp32, diffgen's default on a CPU)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--compile", action="store_true", help="run diffgen's network through torch.compile")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = {"torch": torch.__version__, "diffusers": diffusers.__version__, "threads": args.threads,
                "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "precision": args.precision, "device": args.device,
+               "compiled": args.compile,
                "cpu": cpu_model(), "presets": {}}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,7 +191,7 @@ def main() -> None:
         for name in args.presets:
             out_dir = Path(tmp) / f"run-{name}"
             results["presets"][name] = bench_preset(name, data_dir, out_dir, args.batch_size, args.steps, args.warmup,
-                                                    args.precision, args.device)
+                                                    args.precision, args.device, args.compile)
     results["wall_s"] = time.perf_counter() - start
     print_table(results)
     print(f"total {results['wall_s']:.0f} s")
