@@ -21,6 +21,7 @@ The settings of the stabilizer were chosen on pans of training photos, not on th
     python benchmarks/video_flicker.py                          # 24 frames of 256x192 at x4
     python benchmarks/video_flicker.py --hr-step 1              # a pan by a quarter of an input pixel a frame
     python benchmarks/video_flicker.py --frames 6 --size 128 96 --json flicker.json
+    python benchmarks/video_flicker.py --photo data/photos-v2/some.png    # a training photo, to choose settings on
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -112,7 +114,10 @@ def measure(loaded, lr: list[Image.Image], hr: list[Image.Image], sampling: Samp
 
 def report(name: str, row: dict, frames: int) -> None:
     f = row["flicker"]
-    ratio = lambda k: f[k] / f["bicubic"] if f["bicubic"] else float("inf")  # noqa: E731
+
+    def ratio(k: str) -> float:  # both 0 (a pan by whole pixels, exactly repeated) is as stable as bicubic
+        return f[k] / f["bicubic"] if f["bicubic"] else (1.0 if f[k] == 0 else float("inf"))
+
     print(f"{name}: flicker (mean |ΔY| after motion, grey levels) " +
           ", ".join(f"{k} {v:.3f}" for k, v in f.items()) +
           f"; diffgen/bicubic {ratio('diffgen'):.2f}, per frame {ratio('diffgen per frame'):.2f} "
@@ -134,10 +139,12 @@ def main() -> None:
     parser.add_argument("--hr-step", type=int, default=None,
                         help="instead: HR pixels the crop moves a frame, each LR frame shrunk from its HR frame")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--photo", type=Path, default=None,
+                        help="pan across this photo instead (a training photo, to choose settings on)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     loaded = with_precision(open_model(args.model, Task.UPSCALE), args.precision)
-    photo = china()
+    photo = Image.open(args.photo).convert("RGB") if args.photo else china()
     rows = {}
     for name, jpeg in (("clean", None), (f"jpeg q{args.jpeg}", args.jpeg)):
         lr, hr = panning_clip(photo, tuple(args.size), args.frames, loaded.spec.scale, jpeg, args.step, args.hr_step)

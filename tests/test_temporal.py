@@ -61,6 +61,20 @@ def test_detail_is_carried_along_the_motion_and_flickers_less():
     assert flicker(out_steady) < 0.6 * flicker(out_alone)
 
 
+def test_what_repeats_moved_by_whole_pixels_keeps_its_output_exactly():
+    """A lossless scroll under a still title: each part's output moves with it exactly, as bicubic's does, though
+    the upscaler's own detail changes every frame."""
+    title, page = texture(24, 96, seed=3), texture(40, 140, seed=4)
+    frames = [rgb(torch.cat([title, page[..., 2 * t : 2 * t + 96]], dim=2)) for t in range(5)]
+    steady, alone = Stabilizer(flickering_upscaler()), flickering_upscaler()
+    outs = [steady(f).astype(int) for f in frames]
+    for a, b in zip(outs, outs[1:]):
+        assert np.array_equal(b[:40], a[:40])  # the title (x2: rows under 48), away from where it meets the page
+        assert np.array_equal(b[56:, 8:-12], a[56:, 12:-8])  # the page, 2 input pixels to the left each frame
+    own = [alone(f).astype(int) for f in frames]
+    assert not np.array_equal(own[1][:40], own[0][:40])  # which the upscaler alone does not do
+
+
 def test_a_cut_keeps_the_new_shot_s_own_detail():
     first, second = rgb(texture(64, 96, seed=1)), rgb(texture(64, 96, seed=2))
     steady, alone = Stabilizer(flickering_upscaler()), flickering_upscaler()

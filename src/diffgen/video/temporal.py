@@ -8,6 +8,12 @@ moved along the motion between the two low-resolution frames, wherever the motio
 where it does not (new content at an edge, an occlusion) the frame keeps its own detail, and after a cut
 all of it.
 
+Where a frame repeats the previous one exactly, moved by whole pixels (lossless video of a pan or a scroll,
+the still parts of a screen recording or an animation), the previous detail is copied as it was, moved by
+exactly as many output pixels: the same picture then gets the same output, as bicubic gives it, instead of a
+blend that still flickers by the small amount the U-Net's strides make its output depend on where the
+picture falls.
+
 The motion is dense optical flow by pyramidal Lucas-Kanade (Lucas & Kanade 1981; Bouguet 2000): at each
 level, least squares of the linearised brightness constancy over a window, a few times, moving the previous
 frame along the flow so far. The flow is smoothed between iterations, which keeps its noise out of the next
@@ -33,6 +39,7 @@ SMOOTHING = 4  # radius of the box filter over the flow after each iteration
 DAMPING = 100.0  # added to the window's squared gradients: flat windows keep the coarser level's flow
 MIN_SIDE = 16  # no pyramid level smaller than this
 CUT = 0.4  # mean trust under which a frame starts a new shot: cuts between photos scored 0.02-0.25, pans 0.58-0.96
+STEPS_TRIED = 4  # whole-pixel motions tried for exact repeats: the most common ones in the rounded flow
 
 
 def box(x: Tensor, radius: int) -> Tensor:
@@ -113,18 +120,54 @@ def as_tensor(frame: np.ndarray) -> Tensor:
     return pixels.permute(2, 0, 1)[None].float()
 
 
+def repeats(y: Tensor, previous_y: Tensor, flow: Tensor) -> list[tuple[Tensor, tuple[int, int]]]:
+    """Where y repeats previous_y exactly, moved by whole pixels: [(mask (1, 1, h, w), (dx, dy))], the masks apart.
+
+    The moves tried are the most common values of the flow rounded to whole pixels (in flat windows the flow
+    lags behind a pan, so a pixel's own rounded flow can be wrong where the picture still repeats); where
+    several repeat, the one that explains the most of the frame wins. A pixel counts when its whole 3x3
+    neighbourhood repeats (one pixel alike is chance) from inside the previous frame."""
+    _, _, h, w = y.shape
+    reach = max(h, w)
+    dx, dy = flow.round().clamp(-reach, reach).long().flatten(2)[0]
+    counts = torch.bincount((dx + reach) * (2 * reach + 1) + dy + reach)
+    found, masks = torch.zeros_like(y, dtype=torch.bool), []
+    for key in counts.topk(min(STEPS_TRIED, int((counts > 0).sum()))).indices.tolist():
+        move = (key // (2 * reach + 1) - reach, key % (2 * reach + 1) - reach)
+        if max(abs(move[0]), abs(move[1])) >= min(h, w):
+            continue
+        x_from, y_from = torch.arange(w) + move[0], torch.arange(h)[:, None] + move[1]
+        within = (x_from >= 0) & (x_from < w) & (y_from >= 0) & (y_from < h)
+        differs = ((torch.roll(previous_y, (-move[1], -move[0]), (2, 3)) != y) | ~within).float()
+        masks.append((F.max_pool2d(differs, 3, stride=1, padding=1) == 0, move))
+    chosen = []
+    for same, move in sorted(masks, key=lambda m: -int(m[0].sum())):
+        same = same & ~found
+        found |= same
+        chosen.append((same, move))
+    return chosen
+
+
 def carry_detail(detail: Tensor, y: Tensor, previous_y: Tensor, previous_detail: Tensor) -> Tensor:
-    """This frame's detail blended with the previous frame's, moved along the motion where it explains y."""
+    """This frame's detail blended with the previous frame's, moved along the motion where it explains y, and
+    copied from it where y repeats the previous frame moved by whole pixels."""
     flow = estimate_flow(previous_y, y)
     miss = (y - warp(previous_y, flow)).abs()
     trust = (1 - miss / TOLERANCE).clamp(0, 1) * inside(flow)  # (1, 1, h, w): 0 where the motion fails
     if trust.mean() < CUT:  # a new shot: what agrees with the last one does so by chance
         return detail
+    exact = repeats(y, previous_y, flow)
     size = detail.shape[-2:]
+    sx, sy = round(size[1] / y.shape[-1]), round(size[0] / y.shape[-2])
     scale = flow.new_tensor([size[1] / y.shape[-1], size[0] / y.shape[-2]]).view(1, 2, 1, 1)
     flow = F.interpolate(flow, size=size, mode="bilinear", align_corners=False) * scale  # in output pixels
     trust = F.interpolate(trust, size=size, mode="bilinear", align_corners=False)
-    return detail + CARRY * trust * (warp(previous_detail, flow) - detail)
+    detail = detail + CARRY * trust * (warp(previous_detail, flow) - detail)
+    for same, (dx, dy) in exact:
+        if same.any():
+            same = F.interpolate(same.float(), size=size, mode="nearest") > 0
+            detail = torch.where(same, torch.roll(previous_detail, (-dy * sy, -dx * sx), (2, 3)), detail)
+    return detail
 
 
 class Stabilizer:
