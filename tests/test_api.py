@@ -157,6 +157,24 @@ def test_denoise_blends_the_bundled_upscaler_with_its_clean_partner(model_file, 
     assert r.exit_code == 2 and "--denoise: only for the bundled upscale-x4" in r.output
 
 
+def test_denoise_auto_upscales_a_clean_image_with_the_clean_partner_and_a_jpeg_with_the_real_world_model(tmp_path):
+    from test_damage import as_jpeg, image, smooth_photo
+
+    clean = image(smooth_photo(96))
+    clean.save(tmp_path / "clean.png")
+    as_jpeg(clean, 75).save(tmp_path / "web.png")  # a JPEG's pixels, kept losslessly: its blocks tell, not its name
+    r = invoke("upscale", tmp_path / "clean.png", tmp_path / "web.png")
+    assert r.exit_code == 0, r.output
+    assert "clean_x4.png (384x384; --denoise 0: looks clean)" in r.output
+    assert "web_x4.png (384x384; --denoise 1: JPEG blocks)" in r.output
+    for name, strength in (("clean", 0.0), ("web", 1.0)):
+        with Image.open(tmp_path / f"{name}_x4.png") as out:
+            assert f"--denoise {strength}" in out.text["remake"]  # `diffgen reproduce` makes it again
+            np.testing.assert_array_equal(pixels(out), pixels(upscale(tmp_path / f"{name}.png", denoise=strength)))
+            np.testing.assert_array_equal(pixels(out), pixels(upscale(tmp_path / f"{name}.png")))  # the API's auto
+    assert not np.array_equal(pixels(upscale(clean, denoise=0)), pixels(upscale(clean, denoise=1)))
+
+
 def test_scale_without_a_model_picks_the_bundled_upscaler_of_that_factor(tmp_path):
     from diffgen.api import upscaler_for
 

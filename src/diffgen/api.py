@@ -28,10 +28,11 @@ from PIL import Image
 from torch import Tensor
 
 from diffgen.checkpoint import LoadedModel, Task, with_precision, wrong_task
+from diffgen.damage import measure
 from diffgen.errors import OptionError
 from diffgen.generate import class_index, fit_batch_size, guidance_of, iter_images, parse_interval
 from diffgen.images import open_image
-from diffgen.models import DEFAULT_DENOISE, DENOISE_PARTNERS, blend, bundled_upscaler, default_model, open_model
+from diffgen.models import AUTO, STRONGEST, DENOISE_PARTNERS, blend, bundled_upscaler, default_model, open_model
 from diffgen.samplers import Sampler, Spacing, check_steps
 from diffgen.runtime import local_device
 from diffgen.upscale import DETAIL, MAX_SAMPLES, Sampling, check_memory, upscale_image, upscale_tiled
@@ -66,13 +67,11 @@ def upscaler_for(model: Model, denoise: float | None, device: str, precision: st
                  ) -> LoadedModel:
     """The upscaler a `model` argument names (none: the bundled one of `scale`, x4 by default); `denoise` (0 to
     1) blends the bundled real-world upscaler with the clean one it descends from
-    (`models.DENOISE_PARTNERS`): lower keeps more faint texture, and noise."""
-    if model is None and scale is not None:
-        model = bundled_upscaler(scale)
-    name = default_model(Task.UPSCALE) if model is None else model
-    blendable = isinstance(name, str) and name in DENOISE_PARTNERS
-    if denoise is None or (blendable and denoise == DEFAULT_DENOISE):
-        return model_for(model, Task.UPSCALE, device, precision)
+    (`models.DENOISE_PARTNERS`): lower keeps more faint texture, and noise. None: the model as it is."""
+    name = upscaler_name(model, scale)
+    blendable = is_blendable(name)
+    if denoise is None or (blendable and denoise == STRONGEST):
+        return model_for(name, Task.UPSCALE, device, precision)
     if not 0 <= denoise <= 1:
         raise OptionError(f"--denoise {denoise}: must be between 0 and 1")
     if not blendable:
@@ -81,6 +80,62 @@ def upscaler_for(model: Model, denoise: float | None, device: str, precision: st
                           f"blends in; leave it out for {named}")
     strong, gentle = (load_model(m, Task.UPSCALE, device=device, precision="fp32") for m in (name, DENOISE_PARTNERS[name]))
     return with_precision(blend(gentle, strong, denoise), precision)
+
+
+def upscaler_name(model: Model, scale: int | None) -> Model:
+    """The `model` argument with none resolved: the bundled upscaler of `scale` (x4 by default)."""
+    if model is None:
+        return default_model(Task.UPSCALE) if scale is None else bundled_upscaler(scale)
+    return model
+
+
+def is_blendable(name: Model) -> bool:
+    """Whether `--denoise` can blend this upscaler: a bundled real-world one with a clean partner."""
+    return isinstance(name, str) and name in DENOISE_PARTNERS
+
+
+def parse_denoise(value: float | str | None) -> float | None:
+    """A --denoise value: a strength from 0 to 1, or None for auto (None or "auto")."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == AUTO):
+        return None
+    try:
+        strength = float(value)
+    except ValueError:
+        raise OptionError(f"--denoise {value}: give a strength from 0 to 1, or auto") from None
+    if not 0 <= strength <= 1:
+        raise OptionError(f"--denoise {value}: must be between 0 and 1, or auto")
+    return strength
+
+
+class Upscalers:
+    """The upscaler of each image. With `--denoise auto` (the default) and a bundled real-world upscaler, that
+    model for an image that shows JPEG blocks or noise, or is too small to tell, and its blend at 0 (the clean
+    partner) for one that looks clean (damage.py); otherwise one model for every image. The blend is loaded
+    when an image first needs it."""
+
+    def __init__(self, model: Model, denoise: float | None, device: str, precision: str, *, scale: int | None = None):
+        self.main, self.denoise = upscaler_for(model, denoise, device, precision, scale=scale), denoise
+        name = upscaler_name(model, scale)
+        self.auto = denoise is None and is_blendable(name)
+        self._clean = None
+        self._open_clean = lambda: upscaler_for(name, 0.0, device, precision)
+
+    def pick(self, image: Image.Image) -> tuple[LoadedModel, str | None]:
+        """The model for `image` (as decoded, before its EXIF turn) and, with auto, what it chose and why."""
+        if not self.auto:
+            return self.main, None
+        signs = measure(image).signs()
+        if signs:
+            return self.main, f"--denoise 1: {', '.join(signs)}"
+        if self._clean is None:
+            self._clean = self._open_clean()
+        return self._clean, "--denoise 0: looks clean"
+
+    def strength_of(self, loaded: LoadedModel) -> float | None:
+        """The --denoise that makes `loaded` again: the strength given, or auto's choice (None: no blend)."""
+        if self.denoise is not None or not self.auto:
+            return self.denoise
+        return 0.0 if loaded is self._clean else 1.0
 
 
 def generate(
@@ -132,7 +187,7 @@ def upscale(
     eta: float = Sampling.eta,
     samples: int = Sampling.samples,
     detail: bool = False,
-    denoise: float | None = None,
+    denoise: float | str | None = AUTO,
     seed: int = Sampling.seed,
     tile: int | None = None,
     device: str = "auto",
@@ -146,18 +201,22 @@ def upscale(
     writes. A tensor, (3, h, w) or (B, 3, h, w) in [-1, 1], comes back as one of (…, 3, s·h, s·w) in
     [-1, 1], computed as an image is, to 16-bit precision. `scale` without a `model` picks the bundled
     upscaler of that factor (2 or 4); with one, it must be the model's. `detail` samples texture instead of
-    the most faithful average (`upscale --detail`); `denoise` is `upscale --denoise` (see `upscaler_for`)."""
+    the most faithful average (`upscale --detail`); `denoise` is `upscale --denoise`: a strength from 0 to 1 or
+    "auto" (see `Upscalers`; a tensor is upscaled with the bundled model itself, strength 1)."""
     sampling = upscale_sampling(steps=steps, eta=eta, samples=samples, seed=seed, detail=detail)
     check_tile(tile)
-    loaded = upscaler_for(model, denoise, device, precision, scale=scale)
+    upscalers = Upscalers(model, parse_denoise(denoise), device, precision, scale=scale)
+    loaded = upscalers.main
     check_upscaler(loaded, sampling, scale=scale)
     if isinstance(image, Tensor):
         return upscale_tensors(loaded, image, tile=tile, sampling=sampling, callback=callback)
     if isinstance(image, (str, Path)):
         check_memory(loaded, Path(image), open_image(Path(image), decode=False), tile)
+        loaded = upscalers.pick(open_image(Path(image), upright=False))[0] if upscalers.auto else loaded
         image = open_image(Path(image))
     elif isinstance(image, Image.Image):
         check_memory(loaded, "the image", image, tile)
+        loaded = upscalers.pick(image)[0]
     else:
         raise OptionError(f"image: a PIL image, a file name or a tensor, not {type(image).__name__}")
     return upscale_image(loaded, image, tile=tile, sampling=sampling, callback=callback)[0]

@@ -32,10 +32,11 @@ def max_pixels() -> int:
     return int(os.environ.get("DIFFGEN_MAX_PIXELS", DEFAULT_MAX_PIXELS))
 
 
-def open_image(path: Path, *, decode: bool = True) -> Image.Image:
+def open_image(path: Path, *, decode: bool = True, upright: bool = True) -> Image.Image:
     """Open and fully decode an image, or raise ImageError saying why it cannot be used.
 
-    With `decode=False` only the header is read: size, mode and metadata, not the pixels.
+    With `decode=False` only the header is read: size, mode and metadata, not the pixels. With `upright=False`
+    the pixels are as stored, not turned by the EXIF orientation.
     """
     path = Path(path)
     limit = max_pixels()
@@ -54,7 +55,8 @@ def open_image(path: Path, *, decode: bool = True) -> Image.Image:
                 img.info["frames"] = getattr(img, "n_frames", 1)  # animations and multi-page TIFFs: frame 0
                 img.seek(0)
                 img.load()
-                ImageOps.exif_transpose(img, in_place=True)  # keeps the file's metadata (PNG text, ICC)
+                if upright:
+                    ImageOps.exif_transpose(img, in_place=True)  # keeps the file's metadata (PNG text, ICC)
                 return img
     except ImageError:
         raise

@@ -28,11 +28,12 @@ BUNDLED = {
 
 # `upscale --denoise`: a bundled real-world upscaler and the clean one it descends from (both x2 models are
 # made from the x4 pair by tools/change_scale.py), which `blend` mixes (0: the clean one, 1: the real-world
-# one). The default keeps the real-world one: at both factors it has the best mean gain over clean, JPEG and
-# noisy inputs of the strengths 0, 0.25, ..., 1 on crops of training photos (benchmarks/upscale_denoise.py;
-# docs/upscale.md).
+# one). By default (AUTO) each image gets 1 if it shows JPEG blocks or noise and 0 if it looks clean
+# (damage.py, api.Upscalers); of the fixed strengths 0, 0.25, ..., 1, 1 has the best mean gain over clean,
+# JPEG and noisy inputs on crops of training photos (benchmarks/upscale_denoise.py; docs/upscale.md).
 DENOISE_PARTNERS = {"upscale-x4": "upscale-x4-clean", "upscale-x2": "upscale-x2-clean"}
-DEFAULT_DENOISE = 1.0
+STRONGEST = 1.0  # --denoise 1: the real-world upscaler as it is
+AUTO = "auto"  # --denoise's default: per image, 1 where it shows JPEG blocks or noise, else 0 (api.Upscalers)
 
 
 def weights_dir() -> Path:

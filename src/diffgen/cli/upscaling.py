@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,8 +20,12 @@ from diffgen.video import SEGMENT_FRAMES, Codec  # no torch, no PyAV: --help sta
 
 MODEL_HELP = (MODEL_HELP + " upscale-x4 (the default) and upscale-x2 (--scale 2) are trained on inputs with JPEG "
               "blocks, noise and blur, as photos from phones and the web have; upscale-x4-clean and upscale-x2-clean "
-              "score higher on clean, lossless inputs (PNG renders, scans) and keep more faint texture.")
+              "score higher on clean, lossless inputs (PNG renders, scans) and keep more faint texture. By default "
+              "(--denoise auto) each image gets the one of the pair its pixels call for.")
 STEPS_HELP = "Denoising steps: 1 is the most faithful (highest PSNR); more add sampled texture."
+DENOISE_HELP = ("0 to 1, or auto: how much noise and JPEG blocking the bundled upscaler removes; lower keeps more faint "
+                "texture, and more noise. A blend of the bundled upscaler (1) and its -clean partner (0). auto: 1 for "
+                "an image that shows JPEG blocks or noise, 0 for one that looks clean; 1 for videos.")
 
 
 @app.command(cls=PlainCommand)
@@ -41,7 +46,7 @@ def upscale(
     samples: Annotated[int, typer.Option(help=SAMPLES_HELP)] = 2,
     detail: Annotated[bool, typer.Option("--detail", help="Sampled texture (fur, foliage, grain) instead of the most faithful average: --steps 20 --eta 1 --samples 1, slower and a little less faithful.")] = False,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
-    denoise: Annotated[Optional[float], typer.Option(metavar="STRENGTH", help="0 to 1: how much noise and JPEG blocking the bundled upscaler removes; lower keeps more faint texture, and more noise. A blend of the bundled upscaler (1) and its -clean partner (0).", show_default="1")] = None,
+    denoise: Annotated[str, typer.Option(metavar="STRENGTH", help=DENOISE_HELP)] = "auto",
     width: Annotated[Optional[int], typer.Option(help="Final width in pixels (the height follows the aspect): the model's output resized (Lanczos).", show_default="the model's factor")] = None,
     height: Annotated[Optional[int], typer.Option(help="Final height in pixels (the width follows the aspect).", show_default="the model's factor")] = None,
     tile: Annotated[Optional[int], typer.Option(help="Side of the pieces the image is upscaled in, in input pixels: smaller uses less memory.", show_default="automatic")] = None,
@@ -96,13 +101,14 @@ def upscale(
     if piece_frames < 1:
         raise OptionError(f"--piece-frames {piece_frames}: must be at least 1")
     sampling = upscale_sampling(steps=steps, eta=eta, samples=samples, seed=seed, detail=detail)
-    loaded = open_upscaler(model, denoise, device, precision, sampling, tile=tile, scale=scale)
+    upscalers = open_upscaler(model, denoise, device, precision, sampling, tile=tile, scale=scale)
+    loaded = upscalers.main
     suffix = f"_x{loaded.spec.scale}" if suffix is None else suffix
     sources = collect_inputs(inputs, recursive=recursive, suffix=suffix)
     plan = plan_outputs(sources, out, suffix=suffix, fmt=format and format.value)
     memory_budget()  # a bad DIFFGEN_MEMORY_GB is one error now, not one per file
-    batch = UpscaleBatch(loaded, tile=tile, sampling=sampling, quality=quality, width=width, height=height,
-                         overwrite=overwrite, skip_existing=skip_existing, denoise=denoise,
+    batch = UpscaleBatch(upscalers, tile=tile, sampling=sampling, quality=quality, width=width, height=height,
+                         overwrite=overwrite, skip_existing=skip_existing,
                          video=dict(codec=codec, crf=crf, pix_fmt=pix_fmt, keep_partial=keep_partial, resume=resume,
                                     segment_frames=piece_frames, stabilize=stabilize))
     with process_group(torch.device("cpu")) as ranks:  # under torchrun: every video together, images by file
@@ -143,10 +149,9 @@ class UpscaleBatch:
 
     COUNTS = ("upscaled", "skipped", "failed", "videos")
 
-    def __init__(self, loaded, *, skip_existing: bool, overwrite: bool, video: dict, denoise: float | None = None,
-                 **settings):
-        self.loaded, self.skip_existing, self.overwrite, self.settings = loaded, skip_existing, overwrite, settings
-        self.denoise = denoise
+    def __init__(self, upscalers, *, skip_existing: bool, overwrite: bool, video: dict, **settings):
+        self.upscalers, self.loaded = upscalers, upscalers.main  # api.Upscalers; its model for every image but auto's
+        self.skip_existing, self.overwrite, self.settings = skip_existing, overwrite, settings
         self.video = video  # the video options: codec, crf, pix_fmt, keep_partial, resume, stabilize
         self.counts = Counter()
         self.stopped_video = None  # how to continue a video upscale stopped between frames
@@ -179,8 +184,10 @@ class UpscaleBatch:
             if video:
                 result = self.run_video(src, dst, overwrite, progress)
             else:
-                result = upscale_file(self.loaded, src, dst, overwrite=overwrite, callback=progress.tiles,
-                                      remake=self.remake(src), **self.settings)
+                loaded, chose = self.upscaler_of(src)
+                result = upscale_file(loaded, src, dst, overwrite=overwrite, callback=progress.tiles,
+                                      remake=self.remake(src, loaded), **self.settings)
+                result = replace(result, note="; ".join(n for n in (chose, result.note) if n) or None)
         except DiffgenError as e:
             counts["failed"] += 1
             if shared and not isinstance(e, PeerFailed):  # its own failure, which each process says
@@ -191,10 +198,18 @@ class UpscaleBatch:
         counts["upscaled"] += 1
         if counts is not self.counts:
             return
-        note = f" ({result.note})" if result.note else ""
-        progress.print(f"{src} -> {dst} ({result.size[0]}x{result.size[1]}){note}")
+        note = f"; {result.note}" if result.note else ""
+        progress.print(f"{src} -> {dst} ({result.size[0]}x{result.size[1]}{note})")
 
-    def remake(self, src: Path) -> str:
+    def upscaler_of(self, src: Path):
+        """The model for the image file `src` and, with --denoise auto, what it chose and why."""
+        from diffgen.images import open_image  # noqa: PLC0415
+
+        if not self.upscalers.auto:
+            return self.loaded, None
+        return self.upscalers.pick(open_image(src, upright=False))  # JPEG's grid is where the file stores it
+
+    def remake(self, src: Path, loaded) -> str:
         """The command that makes the output again, pixel for pixel on the same kind of device, from the absolute
         path of `src`; it leaves out where the output went, so that the copy `diffgen reproduce` makes records
         the same command, and is the same file."""
@@ -204,11 +219,11 @@ class UpscaleBatch:
         from diffgen.recipe import model_option  # noqa: PLC0415
 
         sampling, s = self.settings["sampling"], self.settings
-        args = ["diffgen", "upscale", os.path.abspath(src), "--model", model_option(self.loaded.path),
+        args = ["diffgen", "upscale", os.path.abspath(src), "--model", model_option(loaded.path),
                 "--steps", sampling.steps, "--eta", sampling.eta, "--samples", sampling.samples, "--seed", sampling.seed,
-                "--precision", self.loaded.precision, "--device", next(self.loaded.model.parameters()).device.type]
-        for option, value in (("--denoise", self.denoise), ("--tile", s["tile"]), ("--width", s["width"]),
-                              ("--height", s["height"])):
+                "--precision", loaded.precision, "--device", next(loaded.model.parameters()).device.type]
+        for option, value in (("--denoise", self.upscalers.strength_of(loaded)), ("--tile", s["tile"]),
+                              ("--width", s["width"]), ("--height", s["height"])):
             args += [option, value] if value is not None else []
         return shlex.join(map(str, [*args, "--quality", s["quality"]]))
 
@@ -259,7 +274,7 @@ def eval_upscale(
     samples: Annotated[int, typer.Option(help=SAMPLES_HELP)] = 2,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     tile: Annotated[Optional[int], typer.Option(help="Side of the pieces the image is upscaled in, in input pixels: smaller uses less memory.", show_default="automatic")] = None,
-    denoise: Annotated[Optional[float], typer.Option(metavar="STRENGTH", help="0 to 1: how much noise and JPEG blocking the bundled upscaler removes; lower keeps more faint texture, and more noise. A blend of the bundled upscaler (1) and its -clean partner (0).", show_default="1")] = None,
+    denoise: Annotated[str, typer.Option(metavar="STRENGTH", help=DENOISE_HELP)] = "auto",
     degrade: Annotated[str, typer.Option(metavar="CONDITION", help="What happens to each shrunk image before it is upscaled: clean, jpeg:QUALITY (saved as a JPEG, e.g. jpeg:75) or noise:SIGMA (Gaussian noise in 8-bit levels, e.g. noise:5).")] = "clean",
     precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.AUTO,
     device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
@@ -286,11 +301,12 @@ def eval_upscale(
     freeze_imports()
     condition = parse_condition(degrade)
     sampling = upscale_sampling(steps=steps, eta=eta, samples=samples, seed=seed)
-    loaded = open_upscaler(model, denoise, device, precision, sampling, tile=tile)
+    upscalers = open_upscaler(model, denoise, device, precision, sampling, tile=tile)
+    loaded = upscalers.main
     files, _, _ = find_images(hr_dir)
     failures = []
     with ItemBar("scoring", len(files)) as advance:
-        rows = evaluate(lambda lr: upscale_image(loaded, lr, tile=tile, sampling=sampling)[0],
+        rows = evaluate(lambda lr: upscale_image(upscalers.pick(lr)[0], lr, tile=tile, sampling=sampling)[0],
                         files, loaded.spec.scale, callback=advance, on_error=failures.append, condition=condition)
     for e in failures:
         console_err.print(labelled("error:", "red", str(e)), highlight=False, soft_wrap=True)
@@ -309,12 +325,12 @@ def eval_upscale(
                    f"{'it' if len(failures) == 1 else 'them'} out")
 
 
-def open_upscaler(model: str | None, denoise: float | None, device: str, precision: Precision, sampling, *,
+def open_upscaler(model: str | None, denoise: str, device: str, precision: Precision, sampling, *,
                   tile: int | None, scale: int | None = None):
-    """Load an upscaling model (blended for --denoise) and check the sampling options against it."""
-    from diffgen.api import check_tile, check_upscaler, upscaler_for  # noqa: PLC0415
+    """Load the upscaling model (blended for --denoise; api.Upscalers) and check the sampling options against it."""
+    from diffgen.api import Upscalers, check_tile, check_upscaler, parse_denoise  # noqa: PLC0415
 
     check_tile(tile)
-    loaded = upscaler_for(model, denoise, device, precision.value, scale=scale)
-    check_upscaler(loaded, sampling, scale=scale)
-    return loaded
+    upscalers = Upscalers(model, parse_denoise(denoise), device, precision.value, scale=scale)
+    check_upscaler(upscalers.main, sampling, scale=scale)
+    return upscalers
