@@ -32,7 +32,7 @@ from diffgen.damage import measure
 from diffgen.errors import OptionError
 from diffgen.generate import class_index, fit_batch_size, guidance_of, iter_images, parse_interval
 from diffgen.images import open_image
-from diffgen.models import AUTO, STRONGEST, DENOISE_PARTNERS, blend, bundled_upscaler, default_model, open_model
+from diffgen.models import AUTO, DENOISE_PARTNERS, STRONGEST, blend, bundled_upscaler, default_model, open_model
 from diffgen.samplers import Sampler, Spacing, check_steps
 from diffgen.runtime import local_device
 from diffgen.upscale import DETAIL, MAX_SAMPLES, Sampling, check_memory, upscale_image, upscale_tiled
@@ -131,6 +131,11 @@ class Upscalers:
             self._clean = self._open_clean()
         return self._clean, "--denoise 0: looks clean"
 
+    def pick_file(self, path: Path) -> tuple[LoadedModel, str | None]:
+        """`pick` for an image file, read as stored: JPEG's grid is where the file keeps it, whatever its EXIF
+        orientation (the file is read only with auto)."""
+        return self.pick(open_image(path, upright=False)) if self.auto else (self.main, None)
+
     def strength_of(self, loaded: LoadedModel) -> float | None:
         """The --denoise that makes `loaded` again: the strength given, or auto's choice (None: no blend)."""
         if self.denoise is not None or not self.auto:
@@ -212,7 +217,7 @@ def upscale(
         return upscale_tensors(loaded, image, tile=tile, sampling=sampling, callback=callback)
     if isinstance(image, (str, Path)):
         check_memory(loaded, Path(image), open_image(Path(image), decode=False), tile)
-        loaded = upscalers.pick(open_image(Path(image), upright=False))[0] if upscalers.auto else loaded
+        loaded = upscalers.pick_file(Path(image))[0]
         image = open_image(Path(image))
     elif isinstance(image, Image.Image):
         check_memory(loaded, "the image", image, tile)

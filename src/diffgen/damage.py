@@ -8,8 +8,8 @@ default `upscale` looks at each input first and blends the two (`--denoise auto`
   at the usual qualities most of the fine ones become 0. Decoded, the image's blocks on that grid still have
   those zeros, while blocks cut 4 pixels off the grid mix four blocks and have few. `blocking` compares the
   two: the share of near-zero fine coefficients on the grid over the share off it, in textured blocks only
-  (flat blocks are near zero on any grid). Clean images score about 1 either way; JPEGs at quality 95 or
-  below 1.4 and more, whatever their content. It finds the grid at the image's corner, where a JPEG that was
+  (flat blocks are near zero on any grid). Clean images score about 1 either way; JPEGs of quality 90 or
+  lower 1.4 and more, whatever their content (at 95, often less: such a file is nearly clean anyway). It finds the grid at the image's corner, where a JPEG that was
   not cropped or resized since has it, or 4 pixels in (then the ratio is as far below 1).
 - **Noise.** Immerkær's estimator (1996): a 3x3 second-difference mask cancels smooth content, and the mean
   of its absolute response, scaled, is the noise's standard deviation. Texture answers it too, so it is
@@ -22,7 +22,6 @@ given Gaussian noise of 2, 3, 5 and 10 levels): upscaled with whichever model th
 over bicubic was +0.87 dB over all 8 conditions against +0.82 with the real-world model for all (clean
 +1.38 against +1.09; the clean model for all: +1.39 on clean, +0.48 over all). docs/upscale.md has the table.
 """
-
 
 from __future__ import annotations
 

@@ -184,7 +184,7 @@ class UpscaleBatch:
             if video:
                 result = self.run_video(src, dst, overwrite, progress)
             else:
-                loaded, chose = self.upscaler_of(src)
+                loaded, chose = self.upscalers.pick_file(src)
                 result = upscale_file(loaded, src, dst, overwrite=overwrite, callback=progress.tiles,
                                       remake=self.remake(src, loaded), **self.settings)
                 result = replace(result, note="; ".join(n for n in (chose, result.note) if n) or None)
@@ -200,14 +200,6 @@ class UpscaleBatch:
             return
         note = f"; {result.note}" if result.note else ""
         progress.print(f"{src} -> {dst} ({result.size[0]}x{result.size[1]}{note})")
-
-    def upscaler_of(self, src: Path):
-        """The model for the image file `src` and, with --denoise auto, what it chose and why."""
-        from diffgen.images import open_image  # noqa: PLC0415
-
-        if not self.upscalers.auto:
-            return self.loaded, None
-        return self.upscalers.pick(open_image(src, upright=False))  # JPEG's grid is where the file stores it
 
     def remake(self, src: Path, loaded) -> str:
         """The command that makes the output again, pixel for pixel on the same kind of device, from the absolute
