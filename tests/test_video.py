@@ -1,8 +1,10 @@
 """Video upscaling: frames, timing, rotation, sound and subtitles kept; bad files refused; stop and resume."""
 
+import copy
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -325,6 +327,11 @@ def test_stop_keeps_a_playable_partial_and_resume_finishes_it(tmp_path, loaded):
         upscale(src, dst, loaded, segment_frames=2)
     with pytest.raises(VideoError, match=r"used other settings \(crf\)"):
         upscale(src, dst, loaded, segment_frames=2, resume=True, crf=20)
+    other = replace(loaded, model=copy.deepcopy(loaded.model))  # the same file's network, other weights (a blend)
+    with torch.no_grad():
+        next(other.model.parameters()).add_(0.01)
+    with pytest.raises(VideoError, match=r"used other settings \(weights\)"):
+        upscale(src, dst, other, segment_frames=2, resume=True)
     result = upscale(src, dst, loaded, segment_frames=2, resume=True, on_progress=progress.append)
     assert result.dst == dst and result.resumed_from == 4 and result.frames == 7
     assert [p.done for p in progress] == [5, 6, 7] and {p.total for p in progress} == {7}

@@ -13,6 +13,7 @@ docs/video.md.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import shutil
@@ -188,9 +189,19 @@ def fingerprint(src: Path, loaded: LoadedModel, sampling: Sampling, tile: int | 
     """Everything a piece's content depends on: a resume with other settings would join pieces that differ."""
     stat = src.stat()
     return {"source": str(src.resolve()), "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns,
-            "model": model_identity(loaded.path), "precision": loaded.precision, "sampling": asdict(sampling),
+            "model": model_identity(loaded.path), "weights": weights_digest(loaded.model),
+            "precision": loaded.precision, "sampling": asdict(sampling),
             "tile": tile, "codec": encoding.codec.value, "crf": encoding.crf, "pix_fmt": encoding.pix_fmt,
             "segment_frames": segment_frames, "stabilize": stabilize, "diffgen": __version__}
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short hash of a network's weights: a `--denoise` blend, or a run folder trained further, differs."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().flatten().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 class Writer:
