@@ -5,7 +5,8 @@
     python tools/sr_figure.py data/heldout/flower.png docs/upscale-detail.png --detail --box ...
 
 `--degrade` damages the input first (as `eval-upscale --degrade` does); `--detail` adds a panel of the
-`upscale --detail` setting.
+`upscale --detail` setting. The model is the one `diffgen upscale` would pick for the input (`--denoise auto`
+chooses between the bundled pair by how the input looks), in float32.
 """
 
 import argparse
@@ -13,11 +14,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from diffgen.checkpoint import Task
+from diffgen.api import Upscalers, parse_denoise
 from diffgen.degrade import parse_condition
 from diffgen.images import open_image
 from diffgen.metrics import bicubic_upscale, crop_to_multiple, make_lowres
-from diffgen.models import open_model
 from diffgen.upscale import DETAIL, Sampling, upscale_image
 
 
@@ -38,12 +38,15 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=Sampling().samples)
     parser.add_argument("--degrade", default="clean", help="clean, jpeg:QUALITY or noise:SIGMA")
     parser.add_argument("--detail", action="store_true", help="add a panel of the --detail setting")
+    parser.add_argument("--denoise", default="auto", help="as upscale's (default: auto)")
     args = parser.parse_args()
     condition = parse_condition(args.degrade)
-    loaded = open_model(args.model, Task.UPSCALE)
-    s = loaded.spec.scale
+    upscalers = Upscalers(args.model, parse_denoise(args.denoise), "cpu", "fp32")
+    s = upscalers.main.spec.scale
     hr = crop_to_multiple(open_image(args.hr).convert("RGB"), s)
     lr = condition.apply(make_lowres(hr, s))
+    loaded, chose = upscalers.pick(lr)
+    print(f"{args.hr}: {chose or 'the model as it is'}")
     sr, _ = upscale_image(loaded, lr, sampling=Sampling(steps=args.steps, samples=args.samples))
     box = tuple(v // s * s for v in args.box)
     small = tuple(v // s for v in box)
