@@ -173,6 +173,11 @@ def test_denoise_auto_upscales_a_clean_image_with_the_clean_partner_and_a_jpeg_w
             np.testing.assert_array_equal(pixels(out), pixels(upscale(tmp_path / f"{name}.png", denoise=strength)))
             np.testing.assert_array_equal(pixels(out), pixels(upscale(tmp_path / f"{name}.png")))  # the API's auto
     assert not np.array_equal(pixels(upscale(clean, denoise=0)), pixels(upscale(clean, denoise=1)))
+    (tmp_path / "hr").mkdir()
+    clean.resize((384, 384), Image.Resampling.BICUBIC).save(tmp_path / "hr" / "photo.png")  # shrunk: near `clean`
+    for condition, chose in (("clean", "--denoise 0"), ("jpeg:50", "--denoise 1")):
+        r = invoke("eval-upscale", tmp_path / "hr", "--degrade", condition)
+        assert r.exit_code == 0 and chose in next(line for line in r.output.splitlines() if "photo.png" in line)
 
 
 def test_scale_without_a_model_picks_the_bundled_upscaler_of_that_factor(tmp_path):

@@ -135,6 +135,7 @@ class EvalRow:
     bicubic: Scores  # the bicubic baseline
     model: Scores  # the upscaler under test
     seconds: float  # time spent in the upscaler
+    note: str | None = None  # what the upscaler says of its output (its PIL info "note"), e.g. the model it chose
 
 
 def evaluate(
@@ -174,7 +175,8 @@ def evaluate_one(upscale: Callable[[Image.Image], Image.Image], path: Path, scal
     start = time.perf_counter()
     sr = upscale(lr)
     seconds = time.perf_counter() - start
-    return EvalRow(Path(path).name, score(bicubic_upscale(lr, scale), hr, scale), score(sr, hr, scale), seconds)
+    return EvalRow(Path(path).name, score(bicubic_upscale(lr, scale), hr, scale), score(sr, hr, scale), seconds,
+                   sr.info.get("note"))
 
 
 def mean_scores(scores: list[Scores]) -> Scores:

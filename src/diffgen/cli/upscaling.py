@@ -297,20 +297,29 @@ def eval_upscale(
     loaded = upscalers.main
     files, _, _ = find_images(hr_dir)
     failures = []
+    def upscaled(lr):
+        chosen, why = upscalers.pick(lr)
+        sr = upscale_image(chosen, lr, tile=tile, sampling=sampling)[0]
+        sr.info["note"] = why and why.split(":")[0]  # "--denoise 0" or "--denoise 1"
+        return sr
+
     with ItemBar("scoring", len(files)) as advance:
-        rows = evaluate(lambda lr: upscale_image(upscalers.pick(lr)[0], lr, tile=tile, sampling=sampling)[0],
-                        files, loaded.spec.scale, callback=advance, on_error=failures.append, condition=condition)
+        rows = evaluate(upscaled, files, loaded.spec.scale, callback=advance, on_error=failures.append,
+                        condition=condition)
     for e in failures:
         console_err.print(labelled("error:", "red", str(e)), highlight=False, soft_wrap=True)
     if rows:
         table = Table(title=f"x{loaded.spec.scale} on {hr_dir} ({count_of(len(rows), 'image')}), on {device_of(loaded)}: "
                             f"PSNR (dB, at most {PSNR_CAP:.0f}) and SSIM on Y, {count_of(steps, 'step')}, η = {eta}, "
                             f"{count_of(samples, 'sample')}, {loaded.precision}; inputs {condition}")
-        for col in ("image", "bicubic PSNR", "diffgen PSNR", "gain", "bicubic SSIM", "diffgen SSIM", "seconds"):
-            table.add_column(col, justify="left" if col == "image" else "right", no_wrap=True)
+        chose = upscalers.auto  # a column of what --denoise auto chose for each image
+        for col in ("image", "bicubic PSNR", "diffgen PSNR", "gain", "bicubic SSIM", "diffgen SSIM", "seconds",
+                    *(["chose"] if chose else [])):
+            table.add_column(col, justify="left" if col in ("image", "chose") else "right", no_wrap=True)
         for row in rows + [mean_row(rows)]:
             table.add_row(row.name, f"{row.bicubic.psnr:.2f}", f"{row.model.psnr:.2f}", f"{row.model.psnr - row.bicubic.psnr:+.2f}",
-                          f"{row.bicubic.ssim:.4f}", f"{row.model.ssim:.4f}", f"{row.seconds:.1f}")
+                          f"{row.bicubic.ssim:.4f}", f"{row.model.ssim:.4f}", f"{row.seconds:.1f}",
+                          *([row.note or ""] if chose else []))
         print_table(table)
     if failures:
         raise fail(f"{count_of(len(failures), 'file')} of {len(files)} could not be scored (above); the table leaves "
