@@ -28,7 +28,7 @@ from PIL import Image
 from torch import Tensor
 
 from diffgen.checkpoint import LoadedModel, Task, with_precision, wrong_task
-from diffgen.damage import measure
+from diffgen.damage import measure, strength
 from diffgen.errors import OptionError
 from diffgen.generate import class_index, fit_batch_size, guidance_of, iter_images, parse_interval
 from diffgen.images import open_image
@@ -124,9 +124,9 @@ class Upscalers:
         """The model for `image` (as decoded, before its EXIF turn) and, with auto, what it chose and why."""
         if not self.auto:
             return self.main, None
-        signs = measure(image).signs()
-        if signs:
-            return self.main, f"--denoise 1: {', '.join(signs)}"
+        damage = measure(image)
+        if strength(damage):
+            return self.main, f"--denoise 1: {', '.join(damage.signs())}"
         if self._clean is None:
             self._clean = self._open_clean()
         return self._clean, "--denoise 0: looks clean"

@@ -298,9 +298,9 @@ def eval_upscale(
     files, _, _ = find_images(hr_dir)
     failures = []
     def upscaled(lr):
-        chosen, why = upscalers.pick(lr)
+        chosen, _ = upscalers.pick(lr)
         sr = upscale_image(chosen, lr, tile=tile, sampling=sampling)[0]
-        sr.info["note"] = why and why.split(":")[0]  # "--denoise 0" or "--denoise 1"
+        sr.info["note"] = f"--denoise {upscalers.strength_of(chosen):g}" if upscalers.auto else None
         return sr
 
     with ItemBar("scoring", len(files)) as advance:
